@@ -1,0 +1,58 @@
+"""Errors and atomic file output shared by every stage.
+
+``InputError`` is the one exception the command line turns into a one-line message and
+exit status 2; every stage raises it for bad input, naming the file and the problem.
+Outputs are written to a temporary name in the same folder and renamed when complete, so
+an interrupted run never leaves a half-written file behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+class InputError(Exception):
+    """Bad user input: missing, corrupt or malformed file, wrong size, unreadable model."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@contextlib.contextmanager
+def atomic_path(final_path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``final_path``; rename it onto ``final_path`` on success.
+
+    The temporary name keeps the final suffix (libraries such as OpenCV and numpy pick the
+    format from it). On any exception the temporary file is removed and nothing is renamed.
+    """
+    final_path = Path(final_path)
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = final_path.suffix if suffix is None else suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{final_path.stem}.", suffix=f".part{suffix}",
+                               dir=final_path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final_path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path, data) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_text(path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

@@ -1,0 +1,148 @@
+"""Image input and the preprocessing every stage shares (pixel conventions: fire_reg.geometry).
+
+* :func:`read_image` reads a colour photograph (BGR uint8, as OpenCV) or fails with an
+  :class:`~fire_reg.errors.InputError` naming the file.
+* :func:`fov_mask` finds the camera aperture (the bright disc of a fundus photograph).
+* :func:`vessel_map` is the network's input: the green channel, contrast-equalised (CLAHE),
+  with the dark vessels brought out by a black top-hat, scaled to [0, 1] and zero outside
+  the aperture. It is computed at a working width (default 512 px) so that the same
+  structures are seen whatever the original resolution.
+* :func:`resample` samples an image through an affine (output px -> input px), reducing the
+  input with an image pyramid first so that large downscales do not alias.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fire_reg import geometry
+from fire_reg.errors import InputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".ppm", ".gif")
+WORK_WIDTH = 512
+
+
+def read_image(path, reduce: int = 1) -> np.ndarray:
+    """Read an image as BGR uint8 (H, W, 3); ``reduce`` in {1, 2, 4, 8} decodes at reduced size.
+
+    Raises InputError for a missing, unreadable or corrupt file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+             8: cv2.IMREAD_REDUCED_COLOR_8}
+    if reduce not in flags:
+        raise ValueError(f"reduce must be one of {sorted(flags)}, got {reduce}")
+    image = cv2.imread(str(path), flags[reduce])
+    if image is None and path.suffix.lower() == ".gif":
+        image = _read_with_pillow(path)
+    if image is None or image.size == 0:
+        raise InputError(path, "not a readable image (corrupt or unsupported format)")
+    return image
+
+
+def _read_with_pillow(path: Path):
+    """OpenCV cannot decode GIF (e.g. DRIVE masks); Pillow can."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as handle:
+            return cv2.cvtColor(np.asarray(handle.convert("RGB")), cv2.COLOR_RGB2BGR)
+    except (UnidentifiedImageError, OSError):
+        return None
+
+
+def image_size(path) -> tuple[int, int]:
+    """(W, H) of an image file, read from its header where possible."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as handle:
+            return handle.size
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except (UnidentifiedImageError, OSError):
+        raise InputError(path, "not a readable image (corrupt or unsupported format)") from None
+
+
+def green(image: np.ndarray) -> np.ndarray:
+    """The green channel of a BGR image (the vessels' best contrast), or a gray image as is."""
+    return image if image.ndim == 2 else image[..., 1]
+
+
+def fov_mask(image: np.ndarray, threshold: int = 20) -> np.ndarray:
+    """Boolean field-of-view mask: the largest bright region of the red/luminance channel.
+
+    Fundus photographs are black outside the circular aperture; holes inside it are filled.
+    """
+    channel = image if image.ndim == 2 else image.max(axis=2)
+    channel = cv2.medianBlur(np.ascontiguousarray(channel), 5)
+    binary = (channel > threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if count <= 1:
+        return np.zeros(channel.shape, bool)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    region = (labels == largest).astype(np.uint8)
+    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    filled = np.zeros_like(region)
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    return filled.astype(bool)
+
+
+def resize_to_width(image: np.ndarray, width: int) -> tuple[np.ndarray, float]:
+    """Resize (area interpolation) so the image is ``width`` px wide; returns (image, scale)."""
+    scale = width / image.shape[1]
+    if abs(scale - 1.0) < 1e-9:
+        return image, 1.0
+    height = max(1, int(round(image.shape[0] * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interpolation), scale
+
+
+def vessel_map(image: np.ndarray, mask: np.ndarray | None = None,
+               work_width: int = WORK_WIDTH) -> tuple[np.ndarray, np.ndarray, float]:
+    """Vessel-enhanced green channel at ``work_width`` px wide.
+
+    Returns (map float32 in [0, 1], mask bool, scale) where ``scale`` = work px / input px
+    (use ``geometry.rescale`` with it to move matrices between the two grids).
+    """
+    if mask is None:
+        mask = fov_mask(image)
+    small, scale = resize_to_width(green(image), work_width)
+    small_mask = cv2.resize(mask.astype(np.uint8), (small.shape[1], small.shape[0]),
+                            interpolation=cv2.INTER_NEAREST).astype(bool)
+    inner = cv2.erode(small_mask.astype(np.uint8),
+                      cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))).astype(bool)
+    filled = small.astype(np.uint8).copy()
+    if inner.any():
+        filled[~inner] = int(np.median(small[inner]))
+    equalised = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(filled)
+    diameter = max(3, int(round(work_width / 40)) | 1)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (diameter, diameter))
+    vessels = cv2.morphologyEx(equalised, cv2.MORPH_BLACKHAT, kernel).astype(np.float32)
+    vessels[~inner] = 0.0
+    top = np.percentile(vessels[inner], 99) if inner.any() else 0.0
+    vessels = np.clip(vessels / max(top, 1e-6), 0.0, 1.0)
+    return vessels.astype(np.float32), small_mask, scale
+
+
+def resample(image: np.ndarray, matrix_out_to_in, out_size,
+             border_value: float = 0.0) -> np.ndarray:
+    """Sample ``image`` at ``matrix_out_to_in @ p`` for each output pixel p (bilinear).
+
+    ``out_size`` is (W, H). When the map shrinks the image by 2x or more, the input is first
+    reduced with ``cv2.pyrDown`` (and the matrix adjusted) to avoid aliasing.
+    """
+    matrix = np.asarray(matrix_out_to_in, dtype=np.float64)[:2]
+    image = np.ascontiguousarray(image)
+    shrink = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
+    while shrink >= 2.0 and min(image.shape[:2]) >= 8:
+        image = cv2.pyrDown(image)
+        matrix = geometry.rescale(matrix, 1.0, 0.5)
+        shrink /= 2.0
+    return cv2.warpAffine(image, matrix, tuple(int(v) for v in out_size),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
