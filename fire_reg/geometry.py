@@ -230,6 +230,12 @@ def grid_points(size, count: int = 5) -> np.ndarray:
     return np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
 
 
+def normalized_grid(count: int = 5, extent: float = 0.8) -> np.ndarray:
+    """A ``count`` x ``count`` grid of normalised (u, v) points spanning [-extent, extent]^2."""
+    ticks = np.linspace(-extent, extent, count)
+    return np.stack(np.meshgrid(ticks, ticks), axis=-1).reshape(-1, 2)
+
+
 def mean_point_distance(matrix_a, matrix_b, points) -> float:
     """Mean distance (px) between points mapped by two matrices: a transform-level error."""
     return float(np.linalg.norm(apply(matrix_a, points) - apply(matrix_b, points), axis=1).mean())

@@ -1,0 +1,281 @@
+"""DatasetCreator: sample network training pairs from a FIRE-layout set into ``.npy`` shards.
+
+A sample is (fixed patch, moving patch, target) at ``patch_size`` x ``patch_size``:
+
+* the patches are :func:`fire_reg.imaging.vessel_map` inputs (uint8, 0..255 for 0..1),
+  letterboxed from the whole image (optionally zoomed on a random region, the same crop for
+  both images, so the camera aperture stays where it is in each frame);
+* the target is the 2x3 matrix mapping **fixed-patch normalised coordinates to
+  moving-patch normalised coordinates** (``fire_reg.geometry`` conventions), float32.
+
+With ``augment`` on, the target motion is drawn from the motion distribution below and the
+moving patch shows the real moving photograph resampled so that its content moves by that
+target while its aperture stays put: the pair's own ground truth is absorbed, so photometric
+differences of the real pair are kept and any motion can be taught. With ``augment`` off the
+target is the pair's real motion.
+
+Output folder::
+
+    manifest.json                       config, seed, versions, pairs, shards, columns
+    shard_00000_fixed.npy   (N, S, S)   uint8
+    shard_00000_moving.npy  (N, S, S)   uint8
+    shard_00000_target.npy  (N, 2, 3)   float32, normalised fixed -> moving
+    shard_00000_info.npy    (N, K)      float32, columns named in manifest["info_columns"]
+
+Every file is written under a temporary name and renamed when complete; a re-run with the
+same configuration skips complete shards, so an interrupted run is finished by running it again.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from fire_reg import geometry, imaging
+from fire_reg.errors import InputError, atomic_path, write_json
+from fire_reg.fire import FireDataset
+
+INFO_COLUMNS = ("pair_index", "tx", "ty", "theta", "sx", "sy", "shear", "magnitude",
+                "zoom", "crop_x", "crop_y")
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class MotionRange:
+    """Target motion distribution, in normalised patch units (1.0 = half the patch width).
+
+    Translation radius is ``max_translation * u ** translation_power`` (u uniform), which puts
+    more samples at small motions, as coarse-to-fine inference needs; rotation uniform in
+    degrees; log-scale uniform; anisotropy and shear small.
+    """
+
+    max_translation: float = 0.6
+    translation_power: float = 1.5
+    max_rotation_deg: float = 20.0
+    scale_range: tuple[float, float] = (0.87, 1.15)
+    max_anisotropy: float = 0.04
+    max_shear: float = 0.03
+
+    def sample(self, rng: np.random.Generator) -> geometry.AffineParams:
+        """Draw one motion (theta in radians)."""
+        radius = self.max_translation * rng.uniform() ** self.translation_power
+        angle = rng.uniform(0, 2 * math.pi)
+        scale = math.exp(rng.uniform(*np.log(self.scale_range)))
+        aniso = math.exp(rng.uniform(-self.max_anisotropy, self.max_anisotropy))
+        return geometry.AffineParams(
+            tx=radius * math.cos(angle), ty=radius * math.sin(angle),
+            theta=math.radians(rng.uniform(-self.max_rotation_deg, self.max_rotation_deg)),
+            sx=scale * aniso, sy=scale / aniso,
+            shear=rng.uniform(-self.max_shear, self.max_shear))
+
+
+@dataclass
+class PrepareConfig:
+    """Settings of one DatasetCreator run (all recorded in the manifest)."""
+
+    patch_size: int = 128
+    per_pair: int = 32
+    seed: int = 0
+    augment: bool = True
+    shard_size: int = 1024
+    work_width: int = imaging.WORK_WIDTH
+    max_zoom: float = 1.4
+    motion: MotionRange = field(default_factory=MotionRange)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PrepareConfig":
+        """Build from a plain dict (as stored in a manifest)."""
+        values = dict(values)
+        motion = values.pop("motion", {}) or {}
+        if "scale_range" in motion:
+            motion["scale_range"] = tuple(motion["scale_range"])
+        return cls(**values, motion=MotionRange(**motion))
+
+
+class DatasetCreator:
+    """Samples patch pairs from every pair of a FIRE-layout set and writes shards + manifest."""
+
+    def __init__(self, fire_root, out_dir, config: PrepareConfig | None = None):
+        self.dataset = FireDataset(fire_root)
+        self.out_dir = Path(out_dir)
+        self.config = config or PrepareConfig()
+        if self.config.per_pair < 1 or self.config.shard_size < 1 or self.config.patch_size < 16:
+            raise ValueError("per_pair and shard_size must be >= 1 and patch_size >= 16")
+
+    @property
+    def total(self) -> int:
+        """Number of samples the run produces."""
+        return len(self.dataset) * self.config.per_pair
+
+    def run(self, progress: bool = True) -> dict:
+        """Write every missing shard, then the manifest; returns the manifest."""
+        self._check_previous_run()
+        pairs = list(self.dataset)
+        size = self.config.shard_size
+        shard_count = math.ceil(self.total / size)
+        cache: dict[int, tuple] = {}
+        shards = []
+        with tqdm(total=self.total, desc="prepare", unit="sample", disable=not progress) as bar:
+            for shard in range(shard_count):
+                start, stop = shard * size, min((shard + 1) * size, self.total)
+                name = f"shard_{shard:05d}"
+                if not self._shard_complete(name, stop - start):
+                    self._write_shard(name, pairs, range(start, stop), cache)
+                shards.append({"name": name, "count": stop - start})
+                bar.update(stop - start)
+        manifest = self._manifest(pairs, shards)
+        write_json(self.out_dir / "manifest.json", manifest)
+        return manifest
+
+    def _check_previous_run(self) -> None:
+        """Refuse to mix shards of another configuration in one folder."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        settings = self.out_dir / "prepare_config.json"
+        wanted = json.loads(json.dumps({"config": asdict(self.config), "pairs": self.dataset.ids}))
+        if settings.exists():
+            if json.loads(settings.read_text()) != wanted:
+                raise InputError(self.out_dir, "holds shards made with another configuration or "
+                                 "data set; choose an empty output folder")
+        else:
+            write_json(settings, wanted)
+
+    def _shard_complete(self, name: str, count: int) -> bool:
+        for part in ("fixed", "moving", "target", "info"):
+            path = self.out_dir / f"{name}_{part}.npy"
+            if not path.exists():
+                return False
+            try:
+                if np.load(path, mmap_mode="r").shape[0] != count:
+                    return False
+            except (ValueError, OSError):
+                return False
+        return True
+
+    def _write_shard(self, name, pairs, sample_indices, cache) -> None:
+        per_pair = self.config.per_pair
+        samples = [self._sample(pairs, index, cache) for index in sample_indices]
+        # keep only the pair whose samples continue into the next shard
+        last_pair = (sample_indices[-1]) // per_pair
+        for key in list(cache):
+            if key != last_pair:
+                del cache[key]
+        arrays = {part: np.stack([s[i] for s in samples])
+                  for i, part in enumerate(("fixed", "moving", "target", "info"))}
+        for part, array in arrays.items():
+            with atomic_path(self.out_dir / f"{name}_{part}.npy") as tmp:
+                np.save(tmp, array)
+
+    def _pair_maps(self, pairs, pair_index, cache):
+        """Vessel maps, masks and the ground truth of one pair at the working width."""
+        if pair_index not in cache:
+            pair = pairs[pair_index]
+            maps = []
+            for which in ("fixed", "moving"):
+                image = pair.image(which, reduce=_reduce_factor(pair.size(which)[0],
+                                                                self.config.work_width))
+                vessels, mask, _ = imaging.vessel_map(image, work_width=self.config.work_width)
+                maps.append((vessels, mask.astype(np.float32)))
+            truth_px, _ = pair.ground_truth()
+            (fixed_map, _), (moving_map, _) = maps
+            fixed_scale = fixed_map.shape[1] / pair.size("fixed")[0]
+            moving_scale = moving_map.shape[1] / pair.size("moving")[0]
+            truth = geometry.rescale(truth_px, fixed_scale, moving_scale)
+            cache[pair_index] = (maps, truth)
+        return cache[pair_index]
+
+    def _sample(self, pairs, index: int, cache):
+        """Sample ``index`` of the run (deterministic in (seed, index))."""
+        config = self.config
+        pair_index = index // config.per_pair
+        (fixed_pair, moving_pair), truth = self._pair_maps(pairs, pair_index, cache)
+        rng = np.random.default_rng([config.seed, index])
+        size = config.patch_size
+        fixed_box = geometry.letterbox(fixed_pair[0].shape[1::-1], size)
+        moving_box = geometry.letterbox(moving_pair[0].shape[1::-1], size)
+        zoom, crop_x, crop_y = 1.0, 0.0, 0.0
+        if config.augment and config.max_zoom > 1:
+            zoom = rng.uniform(1.0, config.max_zoom)
+            limit = (1 - 1 / zoom)  # normalised offset keeping the crop inside the square
+            crop_x, crop_y = rng.uniform(-limit, limit, size=2)
+        # crop: patch normalised -> square normalised (a zoom on a region), shared by both images
+        crop = geometry.pixel_from_normalized(
+            [[1 / zoom, 0, crop_x], [0, 1 / zoom, crop_y]], (size, size), (size, size))
+        fixed_from_patch = geometry.compose(np.linalg.inv(fixed_box), crop)
+        moving_frame = geometry.compose(np.linalg.inv(moving_box), crop)
+        real_px = geometry.compose(np.linalg.inv(moving_frame), truth, fixed_from_patch)
+        if config.augment:
+            params = config.motion.sample(rng)
+            target_px = geometry.pixel_from_normalized(params.matrix(), (size, size), (size, size))
+            # moving content sampled so that fixed patch px p shows at target_px @ p
+            content = geometry.compose(moving_frame, real_px, np.linalg.inv(target_px))
+        else:
+            target_px = real_px
+            params = geometry.params_from_matrix(
+                geometry.normalized_from_pixel(real_px, (size, size), (size, size)))
+            content = moving_frame
+        out = (size, size)
+        fixed = imaging.resample(fixed_pair[0], fixed_from_patch, out)
+        moving = imaging.resample(moving_pair[0], content, out)
+        moving *= imaging.resample(moving_pair[1], moving_frame, out) > 0.5
+        target = geometry.normalized_from_pixel(target_px, out, out)
+        magnitude = geometry.mean_point_distance(target, geometry.identity(),
+                                                 geometry.normalized_grid())
+        info = [pair_index, params.tx, params.ty, params.theta, params.sx, params.sy,
+                params.shear, magnitude, zoom, crop_x, crop_y]
+        return (_to_uint8(fixed), _to_uint8(moving), target.astype(np.float32),
+                np.asarray(info, np.float32))
+
+    def _manifest(self, pairs, shards) -> dict:
+        import cv2
+        import skimage
+
+        return {
+            "format": "fire-reg patch shards",
+            "manifest_version": MANIFEST_VERSION,
+            "source": str(self.dataset.root),
+            "config": asdict(self.config),
+            "patch_size": self.config.patch_size,
+            "input": "vessel map (fire_reg.imaging.vessel_map) as uint8, 255 = 1.0, 0 outside the aperture",
+            "target": "2x3 float32, fixed-patch normalised coords -> moving-patch normalised coords",
+            "info_columns": list(INFO_COLUMNS),
+            "pairs": [{"index": i, "id": p.id, "category": p.category} for i, p in enumerate(pairs)],
+            "shards": shards,
+            "count": sum(s["count"] for s in shards),
+            "versions": {"python": platform.python_version(), "numpy": np.__version__,
+                         "opencv": cv2.__version__, "scikit-image": skimage.__version__},
+        }
+
+
+def _reduce_factor(width: int, work_width: int) -> int:
+    """Largest JPEG decode reduction (1, 2, 4, 8) that keeps at least ``work_width`` px."""
+    factor = 1
+    while factor < 8 and width / (factor * 2) >= work_width:
+        factor *= 2
+    return factor
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def load_manifest(shard_dir) -> dict:
+    """Read and check a shard folder's manifest (InputError if missing or malformed)."""
+    path = Path(shard_dir) / "manifest.json"
+    if not path.is_file():
+        raise InputError(path, "no shard manifest here; run `fire-reg prepare` first")
+    try:
+        manifest = json.loads(path.read_text())
+        manifest["shards"], manifest["patch_size"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise InputError(path, f"malformed shard manifest ({error})") from None
+    for shard in manifest["shards"]:
+        for part in ("fixed", "moving", "target", "info"):
+            if not (Path(shard_dir) / f"{shard['name']}_{part}.npy").is_file():
+                raise InputError(Path(shard_dir) / f"{shard['name']}_{part}.npy",
+                                 "shard file listed in the manifest is missing")
+    return manifest
