@@ -176,7 +176,7 @@ class DatasetCreator:
             pair = pairs[pair_index]
             maps = []
             for which in ("fixed", "moving"):
-                image = pair.image(which, reduce=_reduce_factor(pair.size(which)[0],
+                image = pair.image(which, reduce=imaging.decode_reduction(pair.size(which)[0],
                                                                 self.config.work_width))
                 vessels, mask, _ = imaging.vessel_map(image, work_width=self.config.work_width)
                 maps.append((vessels, mask.astype(np.float32)))
@@ -249,14 +249,6 @@ class DatasetCreator:
             "versions": {"python": platform.python_version(), "numpy": np.__version__,
                          "opencv": cv2.__version__, "scikit-image": skimage.__version__},
         }
-
-
-def _reduce_factor(width: int, work_width: int) -> int:
-    """Largest JPEG decode reduction (1, 2, 4, 8) that keeps at least ``work_width`` px."""
-    factor = 1
-    while factor < 8 and width / (factor * 2) >= work_width:
-        factor *= 2
-    return factor
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:

@@ -55,6 +55,14 @@ def _read_with_pillow(path: Path):
         return None
 
 
+def decode_reduction(width: int, work_width: int) -> int:
+    """Largest decode reduction (1, 2, 4, 8) for :func:`read_image` keeping >= ``work_width`` px."""
+    factor = 1
+    while factor < 8 and width / (factor * 2) >= work_width:
+        factor *= 2
+    return factor
+
+
 def image_size(path) -> tuple[int, int]:
     """(W, H) of an image file, read from its header where possible."""
     from PIL import Image, UnidentifiedImageError

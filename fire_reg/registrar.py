@@ -1,0 +1,205 @@
+"""Registrar: full photographs in, the 2x3 pixel matrix (fixed px -> moving px) out.
+
+Steps, for images of any size and aspect:
+
+1. Both images become vessel maps (:func:`fire_reg.imaging.vessel_map`) at ``work_width`` px
+   and are letterboxed into the network's square input (``geometry.letterbox``).
+2. **Coarse to fine**: the network predicts the motion; for each further iteration the moving
+   map is resampled through the current estimate (cut to the fixed aperture, so that both
+   apertures coincide as in training), the network predicts the residual, and it is composed
+   onto the estimate.
+3. Optional local refinement: OpenCV ECC (:func:`fire_reg.baselines.refine_ecc`) started from
+   the network's answer; kept only when it raises the vessel-map similarity.
+4. Trust: the normalised cross-correlation of the vessel maps inside the common field of view
+   after warping; below ``min_similarity`` the status is "suspect" with the reason.
+
+The returned matrix is in the original pixels of both images, with its inverse.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from fire_reg import geometry, imaging
+from fire_reg.errors import InputError
+
+MODEL_NAME = "fire_reg_affine"
+
+
+def default_model_path() -> Path:
+    """The weights shipped inside the package."""
+    return Path(str(resources.files("fire_reg") / "weights" / f"{MODEL_NAME}.keras"))
+
+
+def load_model(path=None):
+    """Load a fire-reg ``.keras`` model (the shipped one when ``path`` is None).
+
+    Raises InputError when the file is missing or is not a fire-reg model.
+    """
+    import keras
+
+    from fire_reg import network  # noqa: F401  (registers the custom layers)
+
+    path = Path(path) if path is not None else default_model_path()
+    if not path.is_file():
+        raise InputError(path, "model file not found")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a bad archive
+        raise InputError(path, f"not a readable fire-reg model ({type(error).__name__})") from None
+    names = set(getattr(model, "input_names", None) or _input_names(model))
+    if model.name != MODEL_NAME or names != {"fixed", "moving"}:
+        raise InputError(path, f"not a fire-reg model (model '{model.name}' with inputs "
+                               f"{sorted(names)})")
+    return model
+
+
+def _input_names(model) -> list[str]:
+    inputs = model.inputs if isinstance(model.inputs, (list, tuple)) else [model.inputs]
+    return [getattr(tensor, "name", "").split(":")[0] for tensor in inputs]
+
+
+@dataclass
+class Registration:
+    """One registration result; ``matrix`` maps fixed px to moving px (original sizes)."""
+
+    matrix: np.ndarray
+    status: str
+    reason: str
+    seconds: float
+    similarity: float
+    fixed_size: tuple[int, int]
+    moving_size: tuple[int, int]
+    stages: dict = field(default_factory=dict)
+
+    @property
+    def inverse(self) -> np.ndarray:
+        """Moving px -> fixed px."""
+        return geometry.invert(self.matrix)
+
+    def to_json(self) -> dict:
+        """The ``transform.json`` schema of DESIGN.md."""
+        return {"matrix": self.matrix.tolist(), "maps": "fixed_xy_to_moving_xy",
+                "units": "pixels", "inverse": self.inverse.tolist(),
+                "fixed_size": list(self.fixed_size), "moving_size": list(self.moving_size),
+                "seconds": self.seconds, "status": self.status, "reason": self.reason,
+                "similarity": self.similarity,
+                "convention": "x right, y down, (0, 0) = centre of the top-left pixel; "
+                              "warp the moving image with cv2.warpAffine(moving, matrix, "
+                              "(W_fixed, H_fixed), flags=INTER_LINEAR | WARP_INVERSE_MAP)",
+                "stages": {name: m.tolist() for name, m in self.stages.items()}}
+
+
+class Registrar:
+    """Registers pairs of fundus photographs with the learned network (+ optional ECC)."""
+
+    def __init__(self, model=None, iterations: int = 2, refine: str | None = "ecc",
+                 work_width: int = imaging.WORK_WIDTH, min_similarity: float = 0.15):
+        if refine not in (None, "none", "ecc"):
+            raise ValueError(f"refine must be 'ecc' or None, got {refine!r}")
+        self.model = model if hasattr(model, "predict") else load_model(model)
+        self.size = int(self.model.inputs[0].shape[1])
+        self.iterations = max(1, int(iterations))
+        self.refine = None if refine == "none" else refine
+        self.work_width = work_width
+        self.min_similarity = min_similarity
+
+    def register(self, fixed: np.ndarray, moving: np.ndarray, fixed_mask=None,
+                 moving_mask=None) -> Registration:
+        """Register two BGR (or gray) images; the matrix is in these images' pixels."""
+        start = time.perf_counter()
+        fixed_map, fixed_fov, fixed_scale = imaging.vessel_map(fixed, fixed_mask, self.work_width)
+        moving_map, moving_fov, moving_scale = imaging.vessel_map(moving, moving_mask,
+                                                                  self.work_width)
+        to_work = lambda m: geometry.rescale(m, fixed_scale, moving_scale)  # noqa: E731
+        to_full = lambda m: geometry.rescale(m, 1 / fixed_scale, 1 / moving_scale)  # noqa: E731
+        work = self._network_estimate(fixed_map, fixed_fov, moving_map)
+        stages = {"network": to_full(work)}
+        similarity = warped_similarity(fixed_map, fixed_fov, moving_map, moving_fov, work)
+        reason = "network"
+        if self.refine == "ecc":
+            from fire_reg import baselines
+
+            refined = baselines.refine_ecc(fixed, moving, stages["network"], fixed_mask,
+                                           moving_mask)
+            if refined.ok:
+                refined_work = to_work(refined.matrix)
+                refined_similarity = warped_similarity(fixed_map, fixed_fov, moving_map,
+                                                       moving_fov, refined_work)
+                if refined_similarity >= similarity:
+                    work, similarity, reason = refined_work, refined_similarity, "network + ECC"
+                    stages["ecc"] = refined.matrix
+            else:
+                reason = f"network (ECC refinement rejected: {refined.reason})"
+        status = "ok" if similarity >= self.min_similarity else "suspect"
+        if status == "suspect":
+            reason = (f"{reason}; vessel similarity {similarity:.3f} after warping is below "
+                      f"{self.min_similarity}")
+        return Registration(matrix=to_full(work), status=status, reason=reason,
+                            seconds=time.perf_counter() - start, similarity=similarity,
+                            fixed_size=(fixed.shape[1], fixed.shape[0]),
+                            moving_size=(moving.shape[1], moving.shape[0]), stages=stages)
+
+    def _network_estimate(self, fixed_map, fixed_fov, moving_map) -> np.ndarray:
+        """Coarse-to-fine network estimate in working-resolution px (fixed -> moving)."""
+        size = self.size
+        fixed_box = geometry.letterbox(fixed_map.shape[1::-1], size)
+        moving_box = geometry.letterbox(moving_map.shape[1::-1], size)
+        from_patch = np.linalg.inv(fixed_box)
+        fixed_in = imaging.resample(fixed_map, from_patch, (size, size))
+        fixed_in_fov = imaging.resample(fixed_fov.astype(np.float32), from_patch, (size, size)) > 0.5
+        estimate = geometry.compose(np.linalg.inv(moving_box), fixed_box)
+        for iteration in range(self.iterations):
+            moving_in = imaging.resample(moving_map, geometry.compose(estimate, from_patch),
+                                         (size, size))
+            if iteration:
+                moving_in = moving_in * fixed_in_fov
+            residual = self._predict(fixed_in, moving_in)
+            estimate = geometry.compose(estimate, from_patch, residual, fixed_box)
+        return estimate
+
+    def _predict(self, fixed_in, moving_in) -> np.ndarray:
+        """Network residual as a pixel matrix of the square input (fixed px -> moving px)."""
+        import keras
+
+        batch = {"fixed": fixed_in[None, ..., None].astype(np.float32),
+                 "moving": moving_in[None, ..., None].astype(np.float32)}
+        matrix = keras.ops.convert_to_numpy(self.model(batch, training=False)["matrix"])[0]
+        return geometry.pixel_from_normalized(matrix.astype(np.float64), (self.size,) * 2,
+                                              (self.size,) * 2)
+
+    def register_files(self, fixed_path, moving_path, fast_decode: bool = True) -> Registration:
+        """Register two image files; with ``fast_decode`` JPEGs are decoded at reduced size
+        (never below the working width) and the matrix is returned in original pixels."""
+        fixed_size = imaging.image_size(fixed_path)
+        moving_size = imaging.image_size(moving_path)
+        reduce = imaging.decode_reduction(min(fixed_size[0], moving_size[0]), self.work_width) \
+            if fast_decode else 1
+        fixed = imaging.read_image(fixed_path, reduce)
+        moving = imaging.read_image(moving_path, reduce)
+        result = self.register(fixed, moving)
+        fixed_scale = fixed.shape[1] / fixed_size[0]
+        moving_scale = moving.shape[1] / moving_size[0]
+        result.matrix = geometry.rescale(result.matrix, fixed_scale ** -1, moving_scale ** -1)
+        result.stages = {name: geometry.rescale(m, fixed_scale ** -1, moving_scale ** -1)
+                         for name, m in result.stages.items()}
+        result.fixed_size, result.moving_size = tuple(fixed_size), tuple(moving_size)
+        return result
+
+
+def warped_similarity(fixed_map, fixed_fov, moving_map, moving_fov, matrix) -> float:
+    """NCC of two vessel maps inside their common field of view after warping the moving one
+    with ``matrix`` (fixed px -> moving px at the maps' resolution); -1 when they hardly overlap."""
+    size = fixed_map.shape[1::-1]
+    warped = imaging.resample(moving_map, matrix, size)
+    warped_fov = imaging.resample(moving_fov.astype(np.float32), matrix, size) > 0.5
+    common = fixed_fov & warped_fov
+    if common.sum() < 0.05 * fixed_fov.sum():
+        return -1.0
+    a = fixed_map[common] - fixed_map[common].mean()
+    b = warped[common] - warped[common].mean()
+    return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))

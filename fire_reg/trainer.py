@@ -1,0 +1,344 @@
+"""Trainer: fits the affine network on DatasetCreator shards with standard Keras callbacks.
+
+Run folder (``out``)::
+
+    config.json        resolved training + network config, seeds, versions, command
+    model.keras        best model by validation loss (ModelCheckpoint)
+    last.keras         model after the latest epoch
+    log.csv            per-epoch losses and learning rate (CSVLogger)
+    curves.png         training curves
+    tensorboard/       TensorBoard logs (when TensorFlow is installed)
+    backup/            BackupAndRestore state while a run is unfinished (``resume=True`` uses it)
+
+Samples stream from memory-mapped shards; each batch gets on-the-fly augmentation that keeps
+the target exact: a random symmetry of the square (flips, quarter turns) applied to both
+patches and conjugated into the target, a fixed/moving swap (target inverted), and
+photometric jitter (gamma, contrast, noise). A motion curriculum admits only samples whose
+motion magnitude (mean grid displacement, normalised units) is below a cap that grows
+linearly over the first ``curriculum_epochs`` epochs.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fire_reg import geometry
+from fire_reg.dataset_creator import INFO_COLUMNS, load_manifest
+from fire_reg.errors import InputError, write_json
+
+MAGNITUDE = INFO_COLUMNS.index("magnitude")
+PAIR_INDEX = INFO_COLUMNS.index("pair_index")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; ``network`` holds fire_reg.network.NetworkConfig fields."""
+
+    network: dict = field(default_factory=dict)
+    epochs: int = 30
+    batch_size: int = 32
+    steps_per_epoch: int | None = None
+    learning_rate: float = 1e-3
+    min_learning_rate: float = 1e-5
+    ncc_weight: float = 0.0
+    validation_fraction: float = 0.1
+    curriculum_epochs: int = 4
+    curriculum_start: float = 0.25
+    augment: bool = True
+    early_stopping_patience: int = 10
+    seed: int = 0
+
+    @classmethod
+    def load(cls, path) -> "TrainConfig":
+        """Read a JSON config file (unknown keys are an InputError)."""
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+            return cls(**values)
+        except FileNotFoundError:
+            raise InputError(path, "config file not found") from None
+        except (json.JSONDecodeError, TypeError) as error:
+            raise InputError(path, f"not a valid training config ({error})") from None
+
+
+class ShardStream:
+    """Random access over the samples of a shard folder, memory-mapped (bounded memory)."""
+
+    def __init__(self, shard_dir):
+        self.shard_dir = Path(shard_dir)
+        self.manifest = load_manifest(self.shard_dir)
+        self.patch_size = int(self.manifest["patch_size"])
+        parts = ("fixed", "moving", "target", "info")
+        self.shards = [{part: np.load(self.shard_dir / f"{s['name']}_{part}.npy", mmap_mode="r")
+                        for part in parts} for s in self.manifest["shards"]]
+        counts = [len(s["target"]) for s in self.shards]
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.info = np.concatenate([s["info"] for s in self.shards]) if self.shards else np.zeros(
+            (0, len(INFO_COLUMNS)), np.float32)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def take(self, indices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fixed, moving) float32 (N, S, S, 1) in [0, 1] and targets (N, 2, 3) float64."""
+        indices = np.asarray(indices)
+        shard_of = np.searchsorted(self.offsets, indices, side="right") - 1
+        size = self.patch_size
+        fixed = np.empty((len(indices), size, size), np.float32)
+        moving = np.empty_like(fixed)
+        target = np.empty((len(indices), 2, 3), np.float64)
+        for shard in np.unique(shard_of):
+            rows = np.flatnonzero(shard_of == shard)
+            local = indices[rows] - self.offsets[shard]
+            order = np.argsort(local)  # sorted reads from the memory map
+            data = self.shards[shard]
+            fixed[rows[order]] = data["fixed"][local[order]] / 255.0
+            moving[rows[order]] = data["moving"][local[order]] / 255.0
+            target[rows[order]] = data["target"][local[order]]
+        return fixed[..., None], moving[..., None], target
+
+
+def _square_symmetries() -> list[np.ndarray]:
+    """The 8 symmetries of the square as 2x2 maps of normalised coordinates."""
+    turn = np.array([[0.0, -1.0], [1.0, 0.0]])
+    flip = np.array([[-1.0, 0.0], [0.0, 1.0]])
+    return [np.linalg.matrix_power(turn, k) @ f for k in range(4) for f in (np.eye(2), flip)]
+
+
+SYMMETRIES = _square_symmetries()
+
+
+def augment_batch(fixed, moving, target, rng: np.random.Generator):
+    """Exact geometric + photometric augmentation of a batch (see module docstring)."""
+    fixed, moving, target = fixed.copy(), moving.copy(), target.copy()
+    for i in range(len(target)):
+        if rng.uniform() < 0.5:
+            fixed[i], moving[i] = moving[i].copy(), fixed[i].copy()
+            target[i] = geometry.invert(target[i])
+        k = rng.integers(len(SYMMETRIES))
+        if k:
+            fixed[i] = _apply_symmetry(fixed[i], k)
+            moving[i] = _apply_symmetry(moving[i], k)
+            sym = np.hstack([SYMMETRIES[k], np.zeros((2, 1))])
+            # new fixed point u' = S u; target' = S T S^-1
+            target[i] = geometry.compose(sym, target[i], geometry.invert(sym))
+    for images in (fixed, moving):
+        gamma = rng.uniform(0.7, 1.4, size=(len(images), 1, 1, 1))
+        gain = rng.uniform(0.7, 1.3, size=(len(images), 1, 1, 1))
+        inside = images > 0
+        noisy = gain * images ** gamma + rng.normal(0, 0.03, images.shape)
+        images[...] = np.where(inside, np.clip(noisy, 0.0, 1.0), 0.0)
+    return fixed, moving, target
+
+
+def _apply_symmetry(image, k: int):
+    """Apply SYMMETRIES[k] to an (S, S, 1) image: the content at u moves to S u."""
+    turns, flipped = divmod(k, 2)
+    if flipped:
+        image = image[:, ::-1]
+    # np.rot90 with k=-1 turns the picture clockwise on screen (x right, y down): u -> turn @ u
+    return np.ascontiguousarray(np.rot90(image, k=-turns, axes=(0, 1)))
+
+
+def make_batches(stream: ShardStream, indices: np.ndarray, config: TrainConfig, training: bool):
+    """A keras.utils.PyDataset over ``indices`` of ``stream`` (curriculum and augmentation
+    when ``training``)."""
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+            steps = config.steps_per_epoch or max(1, len(indices) // config.batch_size)
+            self.steps = steps if training else max(1, int(np.ceil(len(indices) / config.batch_size)))
+            self.order = self._order()
+
+        def _order(self):
+            rng = np.random.default_rng([config.seed, self.epoch])
+            if not training:
+                return indices
+            pool = indices
+            if config.curriculum_epochs > 0 and self.epoch < config.curriculum_epochs:
+                magnitudes = stream.info[indices, MAGNITUDE]
+                share = config.curriculum_start + (1 - config.curriculum_start) * (
+                    self.epoch / config.curriculum_epochs)
+                cap = np.quantile(magnitudes, share)
+                pool = indices[magnitudes <= cap]
+            return rng.choice(pool, size=self.steps * config.batch_size,
+                              replace=len(pool) < self.steps * config.batch_size)
+
+        def __len__(self):
+            return self.steps
+
+        def __getitem__(self, step):
+            chosen = self.order[step * config.batch_size:(step + 1) * config.batch_size]
+            fixed, moving, target = stream.take(chosen)
+            if training and config.augment:
+                rng = np.random.default_rng([config.seed, self.epoch, step])
+                fixed, moving, target = augment_batch(fixed, moving, target, rng)
+            targets = {"matrix": target.astype(np.float32)}
+            if config.ncc_weight > 0:
+                targets["warped"] = fixed
+            return {"fixed": fixed, "moving": moving}, targets
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.order = self._order()
+
+    return Batches()
+
+
+def split_by_pair(stream: ShardStream, fraction: float, seed: int):
+    """Training / validation sample indices, split by source pair (no pair in both)."""
+    pairs = stream.info[:, PAIR_INDEX].astype(int)
+    unique = np.unique(pairs)
+    rng = np.random.default_rng(seed)
+    held = rng.choice(unique, size=int(round(fraction * len(unique))), replace=False) \
+        if fraction > 0 and len(unique) > 1 else np.array([], int)
+    is_val = np.isin(pairs, held)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+class Trainer:
+    """Fits the network; ``fit`` is what ``fire-reg train`` runs."""
+
+    def __init__(self, data_dir, out_dir, config: TrainConfig | None = None, val_dir=None,
+                 distribute: bool = False):
+        self.config = config or TrainConfig()
+        self.out_dir = Path(out_dir)
+        self.stream = ShardStream(data_dir)
+        self.val_stream = ShardStream(val_dir) if val_dir else None
+        self.distribute = distribute
+        if self.val_stream and self.val_stream.patch_size != self.stream.patch_size:
+            raise InputError(val_dir, "validation shards have another patch size than the training shards")
+
+    def _indices(self):
+        if self.val_stream is not None:
+            return np.arange(len(self.stream)), np.arange(len(self.val_stream))
+        return split_by_pair(self.stream, self.config.validation_fraction, self.config.seed)
+
+    def build(self):
+        """Build and compile the network (inside the distribution scope when asked)."""
+        import keras
+
+        from fire_reg import network
+
+        net_config = network.NetworkConfig.from_dict(
+            {**self.config.network, "input_size": self.stream.patch_size})
+        self.config.network = net_config.to_dict()
+        with _distribution_scope(self.distribute):
+            model = network.build_model(net_config)
+            schedule = keras.optimizers.schedules.CosineDecay(
+                self.config.learning_rate, decay_steps=max(1, self._total_steps()),
+                alpha=self.config.min_learning_rate / self.config.learning_rate)
+            losses = {"matrix": network.grid_loss}
+            weights = {"matrix": 1.0}
+            if self.config.ncc_weight > 0:
+                losses["warped"] = network.masked_ncc_loss
+                weights["warped"] = self.config.ncc_weight
+            model.compile(optimizer=keras.optimizers.Adam(schedule), loss=losses,
+                          loss_weights=weights)
+        return model
+
+    def _total_steps(self) -> int:
+        train_indices, _ = self._indices()
+        steps = self.config.steps_per_epoch or max(1, len(train_indices) // self.config.batch_size)
+        return steps * self.config.epochs
+
+    def fit(self, resume: bool = False, verbose: int | str = "auto"):
+        """Train; returns the Keras History. ``resume`` continues an interrupted run."""
+        import keras
+
+        keras.utils.set_random_seed(self.config.seed)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        backup = self.out_dir / "backup"
+        if not resume and backup.exists():
+            import shutil
+
+            shutil.rmtree(backup)
+        train_indices, val_indices = self._indices()
+        if len(train_indices) == 0:
+            raise InputError(self.stream.shard_dir, "no training samples")
+        model = self.build()
+        write_json(self.out_dir / "config.json", self.run_record())
+        train = make_batches(self.stream, train_indices, self.config, training=True)
+        val_stream = self.val_stream or self.stream
+        validation = (make_batches(val_stream, val_indices, self.config, training=False)
+                      if len(val_indices) else None)
+        monitor = "val_loss" if validation is not None else "loss"
+        callbacks = [
+            keras.callbacks.BackupAndRestore(str(backup)),
+            keras.callbacks.ModelCheckpoint(str(self.out_dir / "model.keras"), monitor=monitor,
+                                            save_best_only=True),
+            keras.callbacks.ModelCheckpoint(str(self.out_dir / "last.keras")),
+            keras.callbacks.CSVLogger(str(self.out_dir / "log.csv"), append=resume),
+            keras.callbacks.EarlyStopping(monitor=monitor,
+                                          patience=self.config.early_stopping_patience),
+            keras.callbacks.TerminateOnNaN(),
+        ]
+        if _has_tensorflow():
+            callbacks.append(keras.callbacks.TensorBoard(str(self.out_dir / "tensorboard")))
+        history = model.fit(train, validation_data=validation, epochs=self.config.epochs,
+                            callbacks=callbacks, verbose=verbose)
+        self.save_curves()
+        return history
+
+    def save_curves(self) -> None:
+        """Draw log.csv as curves.png."""
+        from fire_reg import visualize
+
+        log = self.out_dir / "log.csv"
+        if not log.exists():
+            return
+        rows = np.genfromtxt(log, delimiter=",", names=True)
+        rows = np.atleast_1d(rows)
+        history = {name: rows[name].tolist() for name in rows.dtype.names
+                   if name.endswith("loss")}
+        visualize.save_training_curves(self.out_dir / "curves.png", history)
+
+    def run_record(self) -> dict:
+        """The resolved config with seeds, versions and the command line."""
+        import keras
+
+        versions = {"python": platform.python_version(), "keras": keras.__version__,
+                    "backend": keras.backend.backend(), "numpy": np.__version__}
+        if _has_tensorflow():
+            import tensorflow as tf
+
+            versions["tensorflow"] = tf.__version__
+        return {"config": asdict(self.config), "data": str(self.stream.shard_dir),
+                "validation_data": str(self.val_stream.shard_dir) if self.val_stream else None,
+                "data_count": len(self.stream), "versions": versions,
+                "command": shlex.join(sys.argv)}
+
+
+def _has_tensorflow() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def _distribution_scope(distribute: bool):
+    """Data parallelism over all local devices: Keras' DataParallel on JAX,
+    tf.distribute.MirroredStrategy on TensorFlow; a no-op scope when not asked."""
+    import contextlib
+
+    import keras
+
+    if not distribute:
+        return contextlib.nullcontext()
+    backend = keras.backend.backend()
+    if backend == "jax":
+        keras.distribution.set_distribution(keras.distribution.DataParallel())
+        return contextlib.nullcontext()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.distribute.MirroredStrategy().scope()
+    raise InputError("--distribute", f"not supported on the {backend} backend; use jax or tensorflow")
