@@ -114,26 +114,33 @@ def _square_symmetries() -> list[np.ndarray]:
 SYMMETRIES = _square_symmetries()
 
 
+def transform_sample(fixed, moving, target, swap: bool, symmetry: int):
+    """Exact geometric augmentation of one sample: optionally swap fixed and moving (the
+    target is inverted), then apply SYMMETRIES[symmetry] to both images (the content at u
+    moves to S u) and conjugate the target (S T S^-1). Images are (S, S, 1)."""
+    if swap:
+        fixed, moving, target = moving, fixed, geometry.invert(target)
+    if symmetry:
+        fixed = _apply_symmetry(fixed, symmetry)
+        moving = _apply_symmetry(moving, symmetry)
+        sym = np.hstack([SYMMETRIES[symmetry], np.zeros((2, 1))])
+        target = geometry.compose(sym, target, geometry.invert(sym))
+    return fixed, moving, target
+
+
 def augment_batch(fixed, moving, target, rng: np.random.Generator):
-    """Exact geometric + photometric augmentation of a batch (see module docstring)."""
+    """Random :func:`transform_sample` per sample, then photometric jitter inside the
+    field of view (gamma 0.7-1.4, gain 0.7-1.3, Gaussian noise sigma 0.03)."""
     fixed, moving, target = fixed.copy(), moving.copy(), target.copy()
     for i in range(len(target)):
-        if rng.uniform() < 0.5:
-            fixed[i], moving[i] = moving[i].copy(), fixed[i].copy()
-            target[i] = geometry.invert(target[i])
-        k = rng.integers(len(SYMMETRIES))
-        if k:
-            fixed[i] = _apply_symmetry(fixed[i], k)
-            moving[i] = _apply_symmetry(moving[i], k)
-            sym = np.hstack([SYMMETRIES[k], np.zeros((2, 1))])
-            # new fixed point u' = S u; target' = S T S^-1
-            target[i] = geometry.compose(sym, target[i], geometry.invert(sym))
+        fixed[i], moving[i], target[i] = transform_sample(
+            fixed[i], moving[i], target[i], swap=rng.uniform() < 0.5,
+            symmetry=int(rng.integers(len(SYMMETRIES))))
     for images in (fixed, moving):
         gamma = rng.uniform(0.7, 1.4, size=(len(images), 1, 1, 1))
         gain = rng.uniform(0.7, 1.3, size=(len(images), 1, 1, 1))
-        inside = images > 0
         noisy = gain * images ** gamma + rng.normal(0, 0.03, images.shape)
-        images[...] = np.where(inside, np.clip(noisy, 0.0, 1.0), 0.0)
+        images[...] = np.where(images > 0, np.clip(noisy, 0.0, 1.0), 0.0)
     return fixed, moving, target
 
 

@@ -1,0 +1,259 @@
+"""The ``fire-reg`` command line: register, evaluate, train, prepare, data, demo.
+
+Exit status: 0 success, 2 bad input (one line naming the file and the problem), 1 anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+from fire_reg.errors import InputError, write_json
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fire-reg", description="Learned affine registration of retinal fundus photographs.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    register = commands.add_parser("register", help="register FIXED and MOVING (or --batch)")
+    register.add_argument("fixed", nargs="?", help="fixed (reference) image")
+    register.add_argument("moving", nargs="?", help="moving image, brought into the fixed frame")
+    register.add_argument("--batch", help="CSV (columns fixed,moving[,id]) or FIRE-layout folder")
+    register.add_argument("--out", required=True, help="output folder")
+    _registrar_options(register)
+
+    evaluate = commands.add_parser("evaluate", help="FIRE protocol: model vs baselines")
+    evaluate.add_argument("--fire", required=True, help="FIRE-layout folder")
+    evaluate.add_argument("--out", required=True, help="output folder")
+    evaluate.add_argument("--baselines", default="sift,orb,ecc",
+                          help="comma-separated: sift, orb, ecc (default all; '' for none)")
+    evaluate.add_argument("--no-model", action="store_true", help="score the baselines only")
+    evaluate.add_argument("--overlays", type=int, default=2,
+                          help="overlays of the N best and N worst pairs")
+    _registrar_options(evaluate)
+
+    train = commands.add_parser("train", help="train the network on prepared shards")
+    train.add_argument("--data", required=True, help="shard folder from `fire-reg prepare`")
+    train.add_argument("--val-data", help="validation shard folder (default: 10%% of pairs)")
+    train.add_argument("--out", required=True, help="run folder")
+    train.add_argument("--config", help="JSON file of TrainConfig fields")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--steps-per-epoch", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    train.add_argument("--distribute", action="store_true",
+                       help="data-parallel over all local devices (GPUs)")
+
+    prepare = commands.add_parser("prepare", help="sample patch pairs into .npy shards")
+    prepare.add_argument("--fire", required=True, help="FIRE-layout folder")
+    prepare.add_argument("--out", required=True, help="shard folder")
+    prepare.add_argument("--patch-size", type=int, default=128)
+    prepare.add_argument("--per-pair", type=int, default=32)
+    prepare.add_argument("--seed", type=int, default=0)
+    prepare.add_argument("--shard-size", type=int, default=1024)
+    prepare.add_argument("--no-augment", action="store_true",
+                         help="only the pairs' real motion (no extra random affines)")
+
+    data = commands.add_parser("data", help="FIRE-layout data sets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    embedded = data_commands.add_parser("embedded", help="write the embedded FIRE-layout set")
+    embedded.add_argument("--out", required=True)
+    embedded.add_argument("--images", help="folder of single photographs (default: skimage retina)")
+    embedded.add_argument("--seed", type=int, default=0)
+    embedded.add_argument("--size", type=int, help="output width in px (default: source size)")
+    verify = data_commands.add_parser("verify", help="check a FIRE folder against the manifest")
+    verify.add_argument("--fire", required=True)
+    verify.add_argument("--layout-only", action="store_true",
+                        help="check the FIRE layout only (for sets other than the real FIRE)")
+
+    demo = commands.add_parser("demo", help="embedded set -> register -> evaluate -> report")
+    demo.add_argument("--out", default="out/demo")
+    demo.add_argument("--model", help="a .keras model (default: the shipped weights)")
+    return parser
+
+
+def _registrar_options(parser) -> None:
+    parser.add_argument("--model", help="a .keras model (default: the shipped weights)")
+    parser.add_argument("--iterations", type=int, default=2, help="network passes (coarse to fine)")
+    parser.add_argument("--refine", choices=("ecc", "none"), default="ecc",
+                        help="local refinement after the network")
+
+
+def _registrar(args):
+    from fire_reg.registrar import Registrar
+
+    return Registrar(args.model, iterations=args.iterations, refine=args.refine)
+
+
+def register_pair(registrar, fixed_path, moving_path, out_dir):
+    """Register two files and write transform.json, warped.png and overlay.png to ``out_dir``."""
+    import cv2
+
+    from fire_reg import imaging, visualize
+    from fire_reg.errors import atomic_path
+
+    fixed = imaging.read_image(fixed_path)
+    moving = imaging.read_image(moving_path)
+    result = registrar.register(fixed, moving)
+    out_dir = Path(out_dir)
+    warped = visualize.warp_to_fixed(moving, result.matrix, result.fixed_size)
+    with atomic_path(out_dir / "warped.png") as tmp:
+        cv2.imwrite(str(tmp), warped)
+    visualize.save_overlay_panel(out_dir / "overlay.png", fixed, moving, result.matrix,
+                                 title=f"{Path(moving_path).name} -> {Path(fixed_path).name}: "
+                                       f"{result.status}")
+    record = result.to_json()
+    record.update(fixed=str(fixed_path), moving=str(moving_path))
+    write_json(out_dir / "transform.json", record)
+    return result
+
+
+def _batch_pairs(source) -> list[tuple[str, Path, Path]]:
+    """(id, fixed, moving) from a CSV list or a FIRE-layout folder."""
+    source = Path(source)
+    if source.is_dir():
+        from fire_reg.fire import FireDataset
+
+        return [(p.id, p.fixed_path, p.moving_path) for p in FireDataset(source)]
+    if not source.is_file():
+        raise InputError(source, "batch list not found")
+    with open(source, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"fixed", "moving"} <= set(rows[0]):
+        raise InputError(source, "batch CSV needs a header with columns fixed,moving[,id]")
+    base = source.parent
+    return [(row.get("id") or f"pair{i:04d}", base / row["fixed"], base / row["moving"])
+            for i, row in enumerate(rows)]
+
+
+def cmd_register(args) -> int:
+    if args.batch:
+        if args.fixed or args.moving:
+            raise InputError(args.batch, "give either FIXED MOVING or --batch, not both")
+        pairs = _batch_pairs(args.batch)
+    elif args.fixed and args.moving:
+        pairs = [(None, Path(args.fixed), Path(args.moving))]
+    else:
+        raise InputError("register", "needs FIXED and MOVING images, or --batch LIST")
+    for _, fixed, moving in pairs:
+        for path in (fixed, moving):
+            if not Path(path).is_file():
+                raise InputError(path, "image not found")
+    registrar = _registrar(args)
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    summary = {}
+    for pair_id, fixed, moving in tqdm(pairs, desc="register", unit="pair",
+                                       disable=len(pairs) == 1):
+        out = Path(args.out) / pair_id if pair_id else Path(args.out)
+        result = register_pair(registrar, fixed, moving, out)
+        summary[pair_id or "pair"] = {"status": result.status, "seconds": result.seconds,
+                                      "folder": str(out)}
+        if pair_id is None:
+            print(f"{result.status}: {result.reason}; {result.seconds:.2f} s; "
+                  f"wrote {out}/transform.json, warped.png, overlay.png")
+    if args.batch:
+        elapsed = time.perf_counter() - start
+        write_json(Path(args.out) / "batch.json", {"pairs": summary, "seconds": elapsed,
+                                                    "pairs_per_second": len(pairs) / elapsed})
+        print(f"registered {len(pairs)} pairs in {elapsed:.1f} s "
+              f"({len(pairs) / elapsed:.2f} pairs/s); wrote {args.out}/batch.json")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from fire_reg.tester import Tester
+
+    names = [n.strip() for n in args.baselines.split(",") if n.strip()]
+    registrar = None if args.no_model else _registrar(args)
+    tester = Tester(args.fire, args.out, registrar=registrar, baseline_names=names,
+                    overlays=args.overlays)
+    tester.run()
+    print((Path(args.out) / "report.md").read_text())
+    print(f"wrote {args.out}/results.json, report.md, success_curves.png, error_boxplot.png")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from fire_reg.trainer import TrainConfig, Trainer
+
+    config = TrainConfig.load(args.config) if args.config else TrainConfig()
+    for name in ("epochs", "steps_per_epoch", "batch_size"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    trainer = Trainer(args.data, args.out, config, val_dir=args.val_data,
+                      distribute=args.distribute)
+    trainer.fit(resume=args.resume)
+    print(f"wrote {args.out}/model.keras, last.keras, log.csv, curves.png, config.json")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from fire_reg.dataset_creator import DatasetCreator, PrepareConfig
+
+    config = PrepareConfig(patch_size=args.patch_size, per_pair=args.per_pair, seed=args.seed,
+                           shard_size=args.shard_size, augment=not args.no_augment)
+    manifest = DatasetCreator(args.fire, args.out, config).run()
+    print(f"wrote {manifest['count']} samples in {len(manifest['shards'])} shards and "
+          f"{args.out}/manifest.json")
+    return 0
+
+
+def cmd_data(args) -> int:
+    if args.data_command == "embedded":
+        from fire_reg.embedded import make_embedded_set
+
+        summary = make_embedded_set(args.out, images=args.images, seed=args.seed, size=args.size)
+        print(f"wrote {len(summary['pairs'])} pairs to {args.out}")
+        return 0
+    from fire_reg import fire
+
+    problems = fire.verify_layout(args.fire) if args.layout_only else fire.verify(args.fire)
+    for problem in problems:
+        print(problem)
+    if problems:
+        raise InputError(args.fire, f"{len(problems)} problem(s) found (listed above)")
+    print(f"{args.fire}: complete and well-formed")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from fire_reg.demo import run_demo
+
+    report = run_demo(args.out, model=args.model)
+    print(f"report: {report}")
+    return 0
+
+
+COMMANDS = {"register": cmd_register, "evaluate": cmd_evaluate, "train": cmd_train,
+            "prepare": cmd_prepare, "data": cmd_data, "demo": cmd_demo}
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``fire-reg`` console script."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except InputError as error:
+        print(f"fire-reg: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fire-reg: interrupted", file=sys.stderr)
+        return 1
+    except Exception as error:  # anything else is our fault: one line, status 1
+        if args.debug:
+            raise
+        print(f"fire-reg: internal error: {type(error).__name__}: {error} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

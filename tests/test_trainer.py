@@ -1,0 +1,96 @@
+"""Trainer: exact augmentation, streaming, and a tiny run that writes every artefact."""
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from fire_reg import geometry
+from fire_reg.dataset_creator import DatasetCreator, PrepareConfig
+from fire_reg.errors import InputError
+from fire_reg.trainer import ShardStream, TrainConfig, Trainer, augment_batch, transform_sample
+
+TINY_NETWORK = {"encoder_channels": [4, 8, 8, 8], "trunk_units": 16}
+
+
+@pytest.fixture(scope="module")
+def shard_dir(small_fire, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train_shards")
+    DatasetCreator(small_fire, out, PrepareConfig(patch_size=32, per_pair=8, shard_size=16)).run(
+        progress=False)
+    return out
+
+
+def dot_image(size, point):
+    image = np.zeros((size, size, 1), np.float32)
+    cv2.circle(image, tuple(int(round(v)) for v in point), 2, 1.0, -1)
+    return image
+
+
+def centroid(image):
+    ys, xs = np.nonzero(image[..., 0] > 0.5)
+    return np.array([xs.mean(), ys.mean()])
+
+
+@pytest.mark.parametrize("swap", [False, True])
+@pytest.mark.parametrize("k", range(8))
+def test_augmentation_keeps_target_exact(k, swap):
+    """After any symmetry and swap, the fixed dot maps through the new target onto the moving dot."""
+    size = 32
+    target_px = geometry.AffineParams(5, -3, 0.2, 1.05, 0.98).matrix()
+    p_fixed = np.array([9.0, 20.0])
+    p_moving = geometry.apply(target_px, [p_fixed])[0]
+    target = geometry.normalized_from_pixel(target_px, (size, size), (size, size))
+    f, m, t = transform_sample(dot_image(size, p_fixed), dot_image(size, p_moving), target,
+                               swap=swap, symmetry=k)
+    new_px = geometry.pixel_from_normalized(t, (size, size), (size, size))
+    np.testing.assert_allclose(geometry.apply(new_px, [centroid(f)])[0], centroid(m), atol=0.6)
+
+
+def test_augment_batch_keeps_field_of_view_black():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(4, 32, 32, 1)).astype(np.float32)
+    images[:, :8] = 0
+    target = np.repeat(np.eye(2, 3)[None], 4, axis=0)
+    f, m, t = augment_batch(images, images, target, rng)
+    assert f.max() <= 1 and f.min() >= 0
+    # the black region (8 rows of 32 per image) stays black wherever the symmetry moved it
+    assert all((sample == 0).sum() >= 8 * 32 for sample in np.concatenate([f, m]))
+    for matrix in t:  # identity stays identity under any symmetry or swap
+        np.testing.assert_allclose(matrix, np.eye(2, 3), atol=1e-12)
+
+
+def test_stream_reads_samples(shard_dir):
+    stream = ShardStream(shard_dir)
+    assert len(stream) == 32 and stream.patch_size == 32
+    fixed, moving, target = stream.take([31, 0, 17])
+    assert fixed.shape == (3, 32, 32, 1) and 0 <= fixed.min() and fixed.max() <= 1
+    np.testing.assert_array_equal(target[1], np.load(shard_dir / "shard_00000_target.npy")[0])
+    np.testing.assert_array_equal(target[0], np.load(shard_dir / "shard_00001_target.npy")[15])
+
+
+def test_tiny_training_run_writes_artefacts_and_resumes(shard_dir, tmp_path):
+    config = TrainConfig(network=TINY_NETWORK, epochs=2, batch_size=8, steps_per_epoch=2,
+                         validation_fraction=0.25, curriculum_epochs=1)
+    Trainer(shard_dir, tmp_path, config).fit(verbose=0)
+    for name in ("model.keras", "last.keras", "log.csv", "curves.png", "config.json"):
+        assert (tmp_path / name).is_file(), name
+    record = json.loads((tmp_path / "config.json").read_text())
+    assert record["config"]["network"]["input_size"] == 32
+    assert record["versions"]["keras"]
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert all(np.isfinite(float(r["val_loss"])) for r in rows)
+    # resume: two more epochs continue the log
+    config.epochs = 4
+    Trainer(shard_dir, tmp_path, config).fit(resume=True, verbose=0)
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert len(rows) >= 4
+
+
+def test_bad_config_file(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"epochz": 3}')
+    with pytest.raises(InputError, match="config.json"):
+        TrainConfig.load(path)
