@@ -40,6 +40,9 @@ def atomic_path(final_path, suffix: str | None = None) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give the usual mode
         os.replace(tmp_path, final_path)
     finally:
         if tmp_path.exists():

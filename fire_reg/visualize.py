@@ -1,0 +1,193 @@
+"""Overlays and plots of registrations (conventions: :mod:`fire_reg.geometry`).
+
+Images are OpenCV arrays (BGR uint8, or gray). ``M`` maps **fixed px -> moving px**;
+:func:`warp_to_fixed` brings the moving image into the fixed frame, and control points move
+the other way (a moving point q lies at ``M^-1 q`` in the fixed frame). Comparison images
+(checkerboard, blends, differences) take two images of the same size: the fixed one and the
+warped moving one. Figures are drawn with matplotlib's Agg canvas (``matplotlib.figure.Figure``,
+no pyplot state, no display needed) and every writer saves atomically through
+:func:`fire_reg.errors.atomic_path` (the temporary name keeps the ``.png`` suffix).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from matplotlib.figure import Figure
+
+from fire_reg import geometry, imaging, metrics
+from fire_reg.errors import atomic_path
+
+DISPLAY_PX = 512  # longest side of the images drawn in a panel figure
+
+
+def _bgr(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
+
+
+def _stretched_green(image: np.ndarray) -> np.ndarray:
+    """Green channel stretched to the full 0..255 range (uint8)."""
+    return cv2.normalize(np.ascontiguousarray(imaging.green(image)), None, 0, 255,
+                         cv2.NORM_MINMAX, cv2.CV_8U)
+
+
+def warp_to_fixed(moving: np.ndarray, matrix, fixed_size) -> np.ndarray:
+    """The moving image resampled into the fixed frame of size ``fixed_size`` = (W, H).
+
+    Output pixel p reads the moving image at ``M p`` (bilinear, black outside), i.e.
+    ``cv2.warpAffine(moving, M, (W, H), flags=INTER_LINEAR | WARP_INVERSE_MAP)``, done by
+    :func:`fire_reg.imaging.resample` (which also pre-reduces large downscales).
+    """
+    return imaging.resample(moving, matrix, fixed_size)
+
+
+def checkerboard(fixed: np.ndarray, warped: np.ndarray, tiles: int = 8) -> np.ndarray:
+    """Alternating ``tiles`` x ``tiles`` squares of fixed and warped (fixed's shape, BGR if
+    either is colour); vessels continue across tile edges when aligned."""
+    fixed, warped = (_bgr(fixed), _bgr(warped)) if fixed.ndim != warped.ndim else (fixed, warped)
+    height, width = fixed.shape[:2]
+    rows = (np.arange(height) * tiles // height)[:, None]
+    cols = (np.arange(width) * tiles // width)[None, :]
+    choose_warped = (rows + cols) % 2 == 1
+    if fixed.ndim == 3:
+        choose_warped = choose_warped[..., None]
+    return np.where(choose_warped, warped, fixed)
+
+
+def blend_magenta_green(fixed: np.ndarray, warped: np.ndarray) -> np.ndarray:
+    """BGR false colour: fixed's green channel in magenta, warped's in green.
+
+    Each channel is stretched to 0..255; where the images agree the result is gray/white,
+    misaligned vessels show as magenta/green fringes.
+    """
+    fixed_g, warped_g = _stretched_green(fixed), _stretched_green(warped)
+    return cv2.merge([fixed_g, warped_g, fixed_g])
+
+
+def alpha_blend(fixed: np.ndarray, warped: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """``(1 - alpha) * fixed + alpha * warped`` (uint8; BGR if either is colour)."""
+    fixed, warped = (_bgr(fixed), _bgr(warped)) if fixed.ndim != warped.ndim else (fixed, warped)
+    return cv2.addWeighted(fixed, 1.0 - alpha, warped, alpha, 0.0)
+
+
+def abs_difference(fixed: np.ndarray, warped: np.ndarray) -> np.ndarray:
+    """|fixed - warped| of the green channels (uint8, H x W); dark where aligned."""
+    return cv2.absdiff(np.ascontiguousarray(imaging.green(fixed)),
+                       np.ascontiguousarray(imaging.green(warped)))
+
+
+def _save(figure: Figure, path) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=100)
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
+
+
+def save_overlay_panel(path, fixed: np.ndarray, moving: np.ndarray, matrix, fixed_pts=None,
+                       moving_pts=None, title: str = "") -> None:
+    """One PNG: before / after magenta-green, checkerboard, |difference| and, with control
+    points, their errors before (identity) and after (``M^-1`` on the moving points).
+
+    Images are shown at most :data:`DISPLAY_PX` px on their longest side (the moving image is
+    resampled straight to that grid); point errors in the titles are mean distances in px of
+    the full-resolution fixed image. Arrows (true scale) run from each fixed point (+) to
+    its moving point mapped into the fixed frame (x).
+    """
+    height, width = fixed.shape[:2]
+    scale = min(1.0, DISPLAY_PX / max(height, width))
+    shown = (max(1, round(width * scale)), max(1, round(height * scale)))
+    to_display = (shown[0] / width, shown[1] / height)
+    fixed_small = cv2.resize(fixed, shown, interpolation=cv2.INTER_AREA)
+    before = warp_to_fixed(moving, geometry.rescale(geometry.identity(), to_display, 1.0), shown)
+    after = warp_to_fixed(moving, geometry.rescale(matrix, to_display, 1.0), shown)
+    panels = [("before (identity)", blend_magenta_green(fixed_small, before)),
+              ("after", blend_magenta_green(fixed_small, after)),
+              ("checkerboard", checkerboard(fixed_small, after)),
+              ("|difference| after", abs_difference(fixed_small, after))]
+    with_points = fixed_pts is not None and moving_pts is not None
+    columns = 3 if with_points else 2
+    figure = Figure(figsize=(3.4 * columns, 7.0))
+    axes = figure.subplots(2, columns).ravel()
+    for ax, (name, image) in zip(axes, panels):
+        ax.imshow(_rgb(image), cmap="gray")
+        ax.set_title(name, fontsize=9)
+    if with_points:
+        for ax, name, used in ((axes[4], "points before", geometry.identity()),
+                               (axes[5], "points after", matrix)):
+            moved = geometry.apply(geometry.invert(used), moving_pts)
+            fixed_xy = np.asarray(fixed_pts, dtype=np.float64).reshape(-1, 2)
+            error = metrics.fire_error(used, fixed_xy, moving_pts)
+            start = (fixed_xy + 0.5) * to_display - 0.5
+            delta = (moved - fixed_xy) * to_display
+            ax.imshow(_rgb(fixed_small))
+            ax.quiver(start[:, 0], start[:, 1], delta[:, 0], delta[:, 1], color="yellow",
+                      angles="xy", scale_units="xy", scale=1, width=0.006)
+            ax.plot(start[:, 0], start[:, 1], "c+", markersize=7, label="fixed")
+            ax.plot(start[:, 0] + delta[:, 0], start[:, 1] + delta[:, 1], "mx", markersize=6,
+                    label="moving, mapped")
+            ax.legend(fontsize=7, loc="lower right")
+            ax.set_title(f"{name}: mean error {error:.2f} px", fontsize=9)
+    for ax in axes:
+        ax.set_axis_off()
+    figure.suptitle(title)
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def save_success_curves(path, errors_by_method: dict, categories: dict) -> None:
+    """Success rate vs threshold (0..25 px), one panel per category present (S, P, A) plus
+    all pairs, one line per method with its AUC in the legend.
+
+    ``errors_by_method``: method -> {pair id -> error px}; ``categories``: id -> category.
+    """
+    groups = [c for c in metrics.CATEGORIES if c in set(categories.values())] + ["all"]
+    figure = Figure(figsize=(4 * len(groups), 3.6))
+    for ax, group in zip(figure.subplots(1, len(groups), squeeze=False).ravel(), groups):
+        for method, errors in errors_by_method.items():
+            chosen = [e for i, e in errors.items() if group == "all" or categories.get(i) == group]
+            if chosen:
+                ax.plot(metrics.THRESHOLDS, metrics.success_curve(chosen),
+                        label=f"{method} (AUC {metrics.auc(chosen):.3f})")
+        ax.set(title=f"{group}", xlabel="threshold (px)", ylabel="success rate",
+               xlim=(0, metrics.THRESHOLDS[-1]), ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def save_error_boxplot(path, errors_by_method: dict) -> None:
+    """Box plot of the finite pair errors (px, symlog axis) per method; dashed line at 25 px.
+
+    ``errors_by_method``: method -> {pair id -> error px}.
+    """
+    names = list(errors_by_method)
+    values = [[e for e in errors_by_method[n].values() if np.isfinite(e)] for n in names]
+    figure = Figure(figsize=(max(4.0, 1.2 * len(names) + 2), 4))
+    ax = figure.subplots()
+    ax.boxplot(values)
+    ax.set_xticks(range(1, len(names) + 1), names)
+    ax.axhline(metrics.FAILURE_PX, color="red", linestyle="--", linewidth=1)
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_ylim(bottom=0)
+    ax.set(ylabel="registration error (px)")
+    ax.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def save_training_curves(path, history: dict) -> None:
+    """Every ``*loss`` series of a Keras-style ``history`` (name -> per-epoch values, e.g.
+    loss and val_loss) against the epoch (1-based), log y-axis."""
+    figure = Figure(figsize=(6, 4))
+    ax = figure.subplots()
+    for name, values in history.items():
+        if name.endswith("loss"):
+            ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=name)
+    ax.set_yscale("log")
+    ax.set(xlabel="epoch", ylabel="loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    figure.tight_layout()
+    _save(figure, path)
