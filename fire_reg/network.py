@@ -1,0 +1,307 @@
+"""The registration network: a Siamese encoder, global feature correlation and affine heads.
+
+Conventions (as in fire_reg.geometry)
+-----------------------------------
+* Inputs are two vessel maps ``{"fixed": (S, S, 1), "moving": (S, S, 1)}``, float32 in
+  [0, 1], zero outside the field of view; S is ``NetworkConfig.input_size``.
+* The predicted ``matrix`` (B, 2, 3) is in **normalised coordinates of the input** and maps
+  **fixed to moving**: ``[u_m, v_m] = A @ [u_f, v_f, 1]`` with ``u = (2 x + 1) / S - 1``
+  (pixel centres; the image edges at -1 and +1). ``geometry.pixel_from_normalized(A, (S, S),
+  (S, S))`` gives the pixel matrix that ``cv2.warpAffine(..., WARP_INVERSE_MAP)`` takes.
+* ``warped`` (B, S, S, 1) is the moving image sampled at ``A p`` for every fixed pixel p
+  (bilinear, zero outside the moving image), i.e. the moving image in the fixed frame.
+
+Architecture: one shared convolutional encoder (features at S/8 x S/8) -> cosine
+correlation of every fixed cell with every moving cell -> soft-argmax displacement and
+confidence per fixed cell -> two dense layers -> parallel heads (translation, rotation,
+log-scale, optional shear), zero-initialised so that the model starts at the identity.
+The network regresses from the geometry of the correlation, not from image appearance.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from fire_reg import geometry
+
+MODEL_NAME = "fire_reg_affine"
+
+
+@dataclass
+class NetworkConfig:
+    """Hyper-parameters of :func:`build_model` (JSON-friendly through to/from_dict).
+
+    ``max_translation`` scales the translation head (normalised units per unit of head
+    output); it is a plain factor, not a tanh bound, so the gradient never saturates.
+    ``softmax_temperature_init`` is the initial inverse temperature of the soft-argmax over
+    cosine correlations in [-1, 1].
+    """
+
+    input_size: int = 128
+    encoder_channels: tuple[int, ...] = (16, 32, 64, 64)
+    trunk_units: int = 256
+    use_shear: bool = False
+    max_translation: float = 1.0
+    softmax_temperature_init: float = 10.0
+
+    def __post_init__(self):
+        self.encoder_channels = tuple(int(c) for c in self.encoder_channels)
+
+    def to_dict(self) -> dict:
+        """Plain-JSON dictionary (tuples as lists)."""
+        data = dataclasses.asdict(self)
+        data["encoder_channels"] = list(self.encoder_channels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NetworkConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown NetworkConfig keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+def _cell_centres(height: int, width: int) -> np.ndarray:
+    """(height * width, 2) normalised (u, v) centres of a height x width grid, row-major."""
+    u = (2.0 * np.arange(width) + 1.0) / width - 1.0
+    v = (2.0 * np.arange(height) + 1.0) / height - 1.0
+    uu, vv = np.meshgrid(u, v)
+    return np.stack([uu.ravel(), vv.ravel()], axis=-1).astype("float32")
+
+
+@keras.saving.register_keras_serializable(package="fire_reg")
+class FeatureCorrelation(layers.Layer):
+    """Global cosine correlation of two feature maps.
+
+    Inputs ``[fixed, moving]``, each (B, h, w, c). Both are L2-normalised over channels
+    (``eps`` guards all-zero features); output (B, h, w, h * w): for fixed cell i, its dot
+    product with every moving cell j (row-major order of j).
+    """
+
+    def __init__(self, eps: float = 1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.eps = eps
+
+    def call(self, inputs):
+        fixed, moving = inputs
+        _, height, width, channels = fixed.shape
+        cells = height * width
+
+        def unit(x):
+            x = ops.reshape(x, (-1, cells, channels))
+            return x / ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + self.eps)
+
+        corr = ops.matmul(unit(fixed), ops.transpose(unit(moving), (0, 2, 1)))
+        return ops.reshape(corr, (-1, height, width, cells))
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, _ = input_shape[0]
+        return (batch, height, width, height * width)
+
+    def get_config(self):
+        return {**super().get_config(), "eps": self.eps}
+
+
+@keras.saving.register_keras_serializable(package="fire_reg")
+class SoftArgmaxDisplacement(layers.Layer):
+    """Per fixed cell: expected displacement to its match and a confidence.
+
+    Input: correlation (B, h, w, h * w). With a trainable inverse temperature
+    ``beta = exp(log_beta) > 0``, ``p = softmax(beta * corr)`` over the moving cells; output
+    (B, h, w, 3) = ``[dx, dy, conf]`` where ``(dx, dy) = sum_j p_j c_j - c_i`` in normalised
+    units (cell centres c in [-1, 1]) and ``conf = max_j p_j``.
+    """
+
+    def __init__(self, temperature_init: float = 10.0, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature_init = float(temperature_init)
+
+    def build(self, input_shape):
+        _, height, width, _ = input_shape
+        self.log_beta = self.add_weight(
+            name="log_beta", shape=(),
+            initializer=keras.initializers.Constant(math.log(self.temperature_init)))
+        self.centres = _cell_centres(height, width)
+
+    def call(self, corr):
+        probs = ops.softmax(ops.exp(self.log_beta) * corr, axis=-1)
+        centres = ops.convert_to_tensor(self.centres, dtype=probs.dtype)
+        expected = ops.matmul(probs, centres)  # (B, h, w, 2)
+        own = ops.reshape(centres, (1,) + tuple(corr.shape[1:3]) + (2,))
+        confidence = ops.max(probs, axis=-1, keepdims=True)
+        return ops.concatenate([expected - own, confidence], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:3]) + (3,)
+
+    def get_config(self):
+        return {**super().get_config(), "temperature_init": self.temperature_init}
+
+
+@keras.saving.register_keras_serializable(package="fire_reg")
+class AffineFromParams(layers.Layer):
+    """Head outputs -> (B, 2, 3) normalised matrix (fixed -> moving).
+
+    Inputs ``[translation (B, 2), rotation (B, 1), log_scale (B, 2)]`` plus ``shear (B, 1)``
+    when ``use_shear``. ``tx, ty = translation_scale * translation`` (normalised units),
+    theta in radians, ``sx, sy = exp(log_scale)``; combined by
+    :func:`fire_reg.geometry.matrix_from_params`.
+    """
+
+    def __init__(self, use_shear: bool = False, translation_scale: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.use_shear = bool(use_shear)
+        self.translation_scale = float(translation_scale)
+
+    def call(self, inputs):
+        translation, rotation, log_scale = inputs[:3]
+        translation = translation * self.translation_scale
+        shear = inputs[3][:, 0] if self.use_shear else 0.0
+        scale = ops.exp(log_scale)
+        return geometry.matrix_from_params(translation[:, 0], translation[:, 1], rotation[:, 0],
+                                           scale[:, 0], scale[:, 1], shear, xp=ops)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], 2, 3)
+
+    def get_config(self):
+        return {**super().get_config(), "use_shear": self.use_shear,
+                "translation_scale": self.translation_scale}
+
+
+@keras.saving.register_keras_serializable(package="fire_reg")
+class BilinearWarp(layers.Layer):
+    """Warp ``moving`` (B, H, W, C) into the fixed frame with normalised ``matrix`` (B, 2, 3).
+
+    Output pixel p (same H x W grid) reads the moving image at ``A p`` (normalised
+    coordinates, pixel centres) with bilinear interpolation; neighbours outside the image
+    count as zero. This equals ``cv2.warpAffine(moving, M_px, (W, H), flags=INTER_LINEAR |
+    WARP_INVERSE_MAP, borderMode=BORDER_CONSTANT)`` with ``M_px =
+    geometry.pixel_from_normalized(A, (W, H), (W, H))``, and it is built from gathers so that
+    the gradient reaches the matrix (``keras.ops.image.affine_transform`` passes none).
+    """
+
+    def build(self, input_shape):
+        _, height, width, _ = input_shape[0]
+        centres = _cell_centres(height, width)
+        self.grid = np.concatenate([centres, np.ones((len(centres), 1), "float32")], axis=1)
+
+    def call(self, inputs):
+        moving, matrix = inputs
+        _, height, width, channels = moving.shape
+        grid = ops.convert_to_tensor(self.grid, dtype=moving.dtype)
+        coords = ops.einsum("nk,bik->bni", grid, ops.cast(matrix, moving.dtype))  # (B, N, 2)
+        x = ((coords[..., 0] + 1.0) * width - 1.0) / 2.0  # moving pixel coordinates
+        y = ((coords[..., 1] + 1.0) * height - 1.0) / 2.0
+        x0, y0 = ops.floor(x), ops.floor(y)
+        wx, wy = (x - x0)[..., None], (y - y0)[..., None]
+        x0, y0 = ops.cast(x0, "int32"), ops.cast(y0, "int32")
+        flat = ops.reshape(moving, (-1, height * width, channels))
+
+        def corner(xi, yi):
+            inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
+            index = ops.clip(yi, 0, height - 1) * width + ops.clip(xi, 0, width - 1)
+            values = ops.take_along_axis(flat, index[..., None], axis=1)
+            return values * ops.cast(inside, moving.dtype)[..., None]
+
+        out = ((1.0 - wx) * (1.0 - wy) * corner(x0, y0) + wx * (1.0 - wy) * corner(x0 + 1, y0)
+               + (1.0 - wx) * wy * corner(x0, y0 + 1) + wx * wy * corner(x0 + 1, y0 + 1))
+        return ops.reshape(out, (-1, height, width, channels))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+def _encoder(config: NetworkConfig) -> keras.Sequential:
+    """Shared encoder: 3x3 convs, stride 2 except the last (stride 1), ReLU, 'same' padding."""
+    channels = config.encoder_channels
+    convs = [layers.Conv2D(c, 3, strides=1 if i == len(channels) - 1 else 2, padding="same",
+                           activation="relu", name=f"conv{i}") for i, c in enumerate(channels)]
+    size = config.input_size
+    return keras.Sequential([keras.Input((size, size, 1)), *convs], name="encoder")
+
+
+def build_model(config: NetworkConfig | dict | None = None) -> keras.Model:
+    """Build the registration model (identity transform at initialisation).
+
+    Inputs ``{"fixed", "moving"}`` (B, S, S, 1) float32; outputs ``{"matrix": (B, 2, 3)
+    normalised fixed -> moving, "warped": (B, S, S, 1) moving image in the fixed frame}``.
+    """
+    if config is None:
+        config = NetworkConfig()
+    elif isinstance(config, dict):
+        config = NetworkConfig.from_dict(config)
+    size = config.input_size
+    fixed = keras.Input((size, size, 1), name="fixed")
+    moving = keras.Input((size, size, 1), name="moving")
+    encoder = _encoder(config)
+    corr = FeatureCorrelation(name="correlation")([encoder(fixed), encoder(moving)])
+    flow = SoftArgmaxDisplacement(config.softmax_temperature_init, name="soft_argmax")(corr)
+    trunk = layers.Flatten(name="flatten")(flow)
+    trunk = layers.Dense(config.trunk_units, activation="relu", name="trunk0")(trunk)
+    trunk = layers.Dense(config.trunk_units, activation="relu", name="trunk1")(trunk)
+    heads = {"translation": 2, "rotation": 1, "scale": 2}
+    if config.use_shear:
+        heads["shear"] = 1
+    params = [layers.Dense(units, kernel_initializer="zeros", bias_initializer="zeros",
+                           name=name)(trunk) for name, units in heads.items()]
+    matrix = AffineFromParams(config.use_shear, config.max_translation, name="affine")(params)
+    warped = BilinearWarp(name="warp")([moving, matrix])
+    return keras.Model({"fixed": fixed, "moving": moving},
+                       {"matrix": matrix, "warped": warped}, name=MODEL_NAME)
+
+
+_GRID_UV = np.stack(np.meshgrid(np.linspace(-0.8, 0.8, 5), np.linspace(-0.8, 0.8, 5)), -1)
+GRID_POINTS = np.concatenate([_GRID_UV.reshape(-1, 2), np.ones((25, 1))], axis=1).astype("float32")
+"""Homogeneous (25, 3) normalised points of :func:`grid_loss`: a 5x5 grid over [-0.8, 0.8]^2."""
+
+
+@keras.saving.register_keras_serializable(package="fire_reg")
+def grid_loss(y_true, y_pred):
+    """Mean distance (normalised units) between :data:`GRID_POINTS` mapped by two matrices.
+
+    ``y_true``, ``y_pred``: (B, 2, 3) normalised matrices. Returns a scalar (mean over points
+    and batch); a tiny eps inside the square root keeps the gradient finite at zero.
+    """
+    points = ops.convert_to_tensor(GRID_POINTS, dtype=y_pred.dtype)
+    diff = ops.einsum("bik,nk->bni", ops.cast(y_true, y_pred.dtype) - y_pred, points)
+    return ops.mean(ops.sqrt(ops.sum(ops.square(diff), axis=-1) + 1e-12))
+
+
+@keras.saving.register_keras_serializable(package="fire_reg")
+def masked_ncc_loss(fixed, warped, eps: float = 1e-6):
+    """``1 - NCC`` of two (B, H, W, C) images over the pixels where both are > 0.
+
+    NCC is computed per sample inside the joint field of view (fixed > 0 and warped > 0) and
+    the losses are averaged over the batch (scalar, in [0, 2]).
+    """
+    fixed = ops.cast(fixed, warped.dtype)
+    mask = ops.cast((fixed > 0) & (warped > 0), warped.dtype)
+    axes = tuple(range(1, len(warped.shape)))
+    count = ops.sum(mask, axis=axes, keepdims=True) + eps
+
+    def centred(x):
+        return (x - ops.sum(x * mask, axis=axes, keepdims=True) / count) * mask
+
+    f, w = centred(fixed), centred(warped)
+    ncc = ops.sum(f * w, axis=axes) / ops.sqrt(
+        ops.sum(ops.square(f), axis=axes) * ops.sum(ops.square(w), axis=axes) + eps)
+    return ops.mean(1.0 - ncc)
+
+
+def predict_matrices(model: keras.Model, fixed, moving, batch_size: int = 32) -> np.ndarray:
+    """Normalised matrices (N, 2, 3) float64 (fixed -> moving) for arrays (N, S, S[, 1])."""
+    def as_input(images):
+        images = np.asarray(images, dtype="float32")
+        return images[..., None] if images.ndim == 3 else images
+
+    outputs = model.predict({"fixed": as_input(fixed), "moving": as_input(moving)},
+                            batch_size=batch_size, verbose=0)
+    return np.asarray(outputs["matrix"], dtype=np.float64)
