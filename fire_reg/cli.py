@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     embedded = data_commands.add_parser("embedded", help="write the embedded FIRE-layout set")
     embedded.add_argument("--out", required=True)
     embedded.add_argument("--images", help="folder of single photographs (default: skimage retina)")
+    embedded.add_argument("--select", action="append",
+                          help="glob of file names in --images to use (repeatable; default all)")
+    embedded.add_argument("--per-image", help="pairs per source image, e.g. S2,P2,A1")
     embedded.add_argument("--seed", type=int, default=0)
     embedded.add_argument("--size", type=int, help="output width in px (default: source size)")
     verify = data_commands.add_parser("verify", help="check a FIRE folder against the manifest")
@@ -205,11 +208,26 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def _category_counts(text):
+    """'S2,P2,A1' -> {'S': 2, 'P': 2, 'A': 1}; None stays None."""
+    if not text:
+        return None
+    try:
+        counts = {item.strip()[0].upper(): int(item.strip()[1:]) for item in text.split(",")}
+    except (ValueError, IndexError):
+        raise InputError("--per-image", f"expected counts like S2,P2,A1, got {text!r}") from None
+    if not set(counts) <= {"S", "P", "A"}:
+        raise InputError("--per-image", f"categories are S, P and A, got {text!r}")
+    return counts
+
+
 def cmd_data(args) -> int:
     if args.data_command == "embedded":
         from fire_reg.embedded import make_embedded_set
 
-        summary = make_embedded_set(args.out, images=args.images, seed=args.seed, size=args.size)
+        summary = make_embedded_set(args.out, images=args.images, seed=args.seed, size=args.size,
+                                    select=tuple(args.select or ("*",)),
+                                    categories=_category_counts(args.per_image))
         print(f"wrote {len(summary['pairs'])} pairs to {args.out}")
         return 0
     from fire_reg import fire

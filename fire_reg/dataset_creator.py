@@ -128,7 +128,7 @@ class DatasetCreator:
                     self._write_shard(name, pairs, range(start, stop), cache)
                 shards.append({"name": name, "count": stop - start})
                 bar.update(stop - start)
-        manifest = self._manifest(pairs, shards)
+        manifest = json.loads(json.dumps(self._manifest(pairs, shards)))  # as read back
         write_json(self.out_dir / "manifest.json", manifest)
         return manifest
 
@@ -207,12 +207,12 @@ class DatasetCreator:
             [[1 / zoom, 0, crop_x], [0, 1 / zoom, crop_y]], (size, size), (size, size))
         fixed_from_patch = geometry.compose(np.linalg.inv(fixed_box), crop)
         moving_frame = geometry.compose(np.linalg.inv(moving_box), crop)
-        real_px = geometry.compose(np.linalg.inv(moving_frame), truth, fixed_from_patch)
+        real_px = geometry.compose(geometry.invert(moving_frame), truth, fixed_from_patch)
         if config.augment:
             params = config.motion.sample(rng)
             target_px = geometry.pixel_from_normalized(params.matrix(), (size, size), (size, size))
             # moving content sampled so that fixed patch px p shows at target_px @ p
-            content = geometry.compose(moving_frame, real_px, np.linalg.inv(target_px))
+            content = geometry.compose(moving_frame, real_px, geometry.invert(target_px))
         else:
             target_px = real_px
             params = geometry.params_from_matrix(

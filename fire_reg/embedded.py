@@ -37,6 +37,7 @@ non-rigid parameters and the seed. Pair ``i`` (running over all pairs) draws fro
 from __future__ import annotations
 
 from dataclasses import dataclass
+import fnmatch
 from pathlib import Path
 
 import cv2
@@ -84,20 +85,21 @@ class _Source:
 
 
 def make_embedded_set(out_dir, images=None, pairs_per_image=None, categories=None, seed=0,
-                      size=None, progress=True) -> dict:
+                      size=None, progress=True, select=("*",)) -> dict:
     """Write a FIRE-layout set of pairs with known ground truth; returns the summary.
 
     ``images``: a folder of photographs (suffixes :data:`fire_reg.imaging.IMAGE_SUFFIXES`);
     default ``skimage.data.retina()``. ``categories``: pairs per category per source image
     (default ``{"S": 6, "P": 4, "A": 2}`` for the default image, ``{"S": 2, "P": 2, "A": 1}``
-    for a folder); ``pairs_per_image`` instead scales the default mix to that many pairs.
+    for a folder); ``select``: glob patterns of the folder's file names to use (e.g. to keep
+    validation retinas apart); ``pairs_per_image`` instead scales the default mix to that many pairs.
     ``size``: output width in px (aspect kept; default the source's). IDs run per category
     across images (S01, S02 from the first image, S03 ... from the next). The summary is also
     written to ``out_dir/embedded.json``. Raises InputError for a missing or empty folder or
     an unreadable image.
     """
     out_dir = Path(out_dir)
-    paths = None if images is None else _image_paths(images)
+    paths = None if images is None else _image_paths(images, select)
     counts = _category_counts(categories, pairs_per_image,
                               DEFAULT_SINGLE if paths is None else DEFAULT_FOLDER)
     if size is not None and int(size) < 32:
@@ -136,15 +138,18 @@ def make_embedded_set(out_dir, images=None, pairs_per_image=None, categories=Non
     return summary
 
 
-def _image_paths(folder) -> list[Path]:
-    """Image files of a folder, sorted; InputError if missing, empty or unreadable."""
+def _image_paths(folder, select=("*",)) -> list[Path]:
+    """Image files of a folder whose names match a ``select`` glob, sorted; InputError if
+    the folder is missing, nothing matches, or an image is unreadable."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "images folder not found")
     paths = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.suffix.lower() in imaging.IMAGE_SUFFIXES)
+                   if p.is_file() and p.suffix.lower() in imaging.IMAGE_SUFFIXES
+                   and any(fnmatch.fnmatch(p.name, pattern) for pattern in select))
     if not paths:
-        raise InputError(folder, f"no images ({', '.join(imaging.IMAGE_SUFFIXES)}) in folder")
+        raise InputError(folder, f"no images ({', '.join(imaging.IMAGE_SUFFIXES)}) matching "
+                                 f"{', '.join(select)} in folder")
     for path in paths:
         imaging.image_size(path)  # header check: fail before writing anything
     return paths

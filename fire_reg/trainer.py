@@ -7,7 +7,7 @@ Run folder (``out``)::
     last.keras         model after the latest epoch
     log.csv            per-epoch losses and learning rate (CSVLogger)
     curves.png         training curves
-    tensorboard/       TensorBoard logs (when TensorFlow is installed)
+    tensorboard/       TensorBoard logs (TensorFlow and JAX backends)
     backup/            BackupAndRestore state while a run is unfinished (``resume=True`` uses it)
 
 Samples stream from memory-mapped shards; each batch gets on-the-fly augmentation that keeps
@@ -289,7 +289,7 @@ class Trainer:
                                           patience=self.config.early_stopping_patience),
             keras.callbacks.TerminateOnNaN(),
         ]
-        if _has_tensorflow():
+        if _installed("tensorboard") and keras.backend.backend() != "torch":
             callbacks.append(keras.callbacks.TensorBoard(str(self.out_dir / "tensorboard")))
         history = model.fit(train, validation_data=validation, epochs=self.config.epochs,
                             callbacks=callbacks, verbose=verbose)
@@ -315,7 +315,7 @@ class Trainer:
 
         versions = {"python": platform.python_version(), "keras": keras.__version__,
                     "backend": keras.backend.backend(), "numpy": np.__version__}
-        if _has_tensorflow():
+        if _installed("tensorflow"):
             import tensorflow as tf
 
             versions["tensorflow"] = tf.__version__
@@ -325,10 +325,10 @@ class Trainer:
                 "command": shlex.join(sys.argv)}
 
 
-def _has_tensorflow() -> bool:
+def _installed(package: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("tensorflow") is not None
+    return importlib.util.find_spec(package) is not None
 
 
 def _distribution_scope(distribute: bool):
