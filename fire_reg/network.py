@@ -43,7 +43,7 @@ class NetworkConfig:
     """
 
     input_size: int = 128
-    encoder_channels: tuple[int, ...] = (16, 32, 64, 64)
+    encoder_channels: tuple[int, ...] = (16, 32, 64, 64, 64)
     trunk_units: int = 256
     use_shear: bool = False
     max_translation: float = 1.0
@@ -110,13 +110,13 @@ class FeatureCorrelation(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="fire_reg")
-class SoftArgmaxDisplacement(layers.Layer):
-    """Per fixed cell: expected displacement to its match and a confidence.
+class MatchLogits(layers.Layer):
+    """Correlation (B, h, w, h * w) -> match logits (B, h * w, h * w) = ``beta * corr``.
 
-    Input: correlation (B, h, w, h * w). With a trainable inverse temperature
-    ``beta = exp(log_beta) > 0``, ``p = softmax(beta * corr)`` over the moving cells; output
-    (B, h, w, 3) = ``[dx, dy, conf]`` where ``(dx, dy) = sum_j p_j c_j - c_i`` in normalised
-    units (cell centres c in [-1, 1]) and ``conf = max_j p_j``.
+    ``beta = exp(log_beta) > 0`` is a trainable inverse temperature; ``softmax`` of row i over
+    the moving cells j is the probability that fixed cell i matches moving cell j. The logits
+    are a model output so that a dense matching loss (:func:`match_loss`) can train the encoder
+    directly.
     """
 
     def __init__(self, temperature_init: float = 10.0, **kwargs):
@@ -124,25 +124,50 @@ class SoftArgmaxDisplacement(layers.Layer):
         self.temperature_init = float(temperature_init)
 
     def build(self, input_shape):
-        _, height, width, _ = input_shape
         self.log_beta = self.add_weight(
             name="log_beta", shape=(),
             initializer=keras.initializers.Constant(math.log(self.temperature_init)))
-        self.centres = _cell_centres(height, width)
 
     def call(self, corr):
-        probs = ops.softmax(ops.exp(self.log_beta) * corr, axis=-1)
-        centres = ops.convert_to_tensor(self.centres, dtype=probs.dtype)
-        expected = ops.matmul(probs, centres)  # (B, h, w, 2)
-        own = ops.reshape(centres, (1,) + tuple(corr.shape[1:3]) + (2,))
-        confidence = ops.max(probs, axis=-1, keepdims=True)
-        return ops.concatenate([expected - own, confidence], axis=-1)
+        _, height, width, cells = corr.shape
+        return ops.exp(self.log_beta) * ops.reshape(corr, (-1, height * width, cells))
 
     def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:3]) + (3,)
+        batch, height, width, cells = input_shape
+        return (batch, height * width, cells)
 
     def get_config(self):
         return {**super().get_config(), "temperature_init": self.temperature_init}
+
+
+@keras.saving.register_keras_serializable(package="fire_reg")
+class SoftArgmaxDisplacement(layers.Layer):
+    """Per fixed cell: expected displacement to its match and a confidence.
+
+    Input: match logits (B, h * w, h * w) of an ``grid`` x ``grid`` cell layout;
+    ``p = softmax(logits)`` over the moving cells; output (B, h, w, 3) = ``[dx, dy, conf]``
+    where ``(dx, dy) = sum_j p_j c_j - c_i`` in normalised units (cell centres c in [-1, 1])
+    and ``conf = max_j p_j``.
+    """
+
+    def __init__(self, grid: int, **kwargs):
+        super().__init__(**kwargs)
+        self.grid = int(grid)
+        self.centres = _cell_centres(self.grid, self.grid)
+
+    def call(self, logits):
+        probs = ops.softmax(logits, axis=-1)
+        centres = ops.convert_to_tensor(self.centres, dtype=probs.dtype)
+        expected = ops.matmul(probs, centres)  # (B, h * w, 2)
+        confidence = ops.max(probs, axis=-1, keepdims=True)
+        flow = ops.concatenate([expected - centres[None], confidence], axis=-1)
+        return ops.reshape(flow, (-1, self.grid, self.grid, 3))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.grid, self.grid, 3)
+
+    def get_config(self):
+        return {**super().get_config(), "grid": self.grid}
 
 
 @keras.saving.register_keras_serializable(package="fire_reg")
@@ -219,11 +244,19 @@ class BilinearWarp(layers.Layer):
         return input_shape[0]
 
 
+def feature_grid(config: NetworkConfig) -> int:
+    """Side of the encoder's cell grid: the input size over 8 (three stride-2 convolutions)."""
+    return config.input_size // 8
+
+
 def _encoder(config: NetworkConfig) -> keras.Sequential:
-    """Shared encoder: 3x3 convs, stride 2 except the last (stride 1), ReLU, 'same' padding."""
+    """Shared encoder: 3x3 convs, the first three with stride 2, the rest stride 1 (wider
+    receptive field at S/8), ReLU, 'same' padding; the last one linear (signed features)."""
     channels = config.encoder_channels
-    convs = [layers.Conv2D(c, 3, strides=1 if i == len(channels) - 1 else 2, padding="same",
-                           activation="relu", name=f"conv{i}") for i, c in enumerate(channels)]
+    last = len(channels) - 1
+    convs = [layers.Conv2D(c, 3, strides=2 if i < 3 else 1, padding="same",
+                           activation=None if i == last else "relu", name=f"conv{i}")
+             for i, c in enumerate(channels)]
     size = config.input_size
     return keras.Sequential([keras.Input((size, size, 1)), *convs], name="encoder")
 
@@ -232,7 +265,8 @@ def build_model(config: NetworkConfig | dict | None = None) -> keras.Model:
     """Build the registration model (identity transform at initialisation).
 
     Inputs ``{"fixed", "moving"}`` (B, S, S, 1) float32; outputs ``{"matrix": (B, 2, 3)
-    normalised fixed -> moving, "warped": (B, S, S, 1) moving image in the fixed frame}``.
+    normalised fixed -> moving, "warped": (B, S, S, 1) moving image in the fixed frame,
+    "matches": (B, g*g, g*g) match logits of the g = S/8 cell grid}``.
     """
     if config is None:
         config = NetworkConfig()
@@ -243,7 +277,8 @@ def build_model(config: NetworkConfig | dict | None = None) -> keras.Model:
     moving = keras.Input((size, size, 1), name="moving")
     encoder = _encoder(config)
     corr = FeatureCorrelation(name="correlation")([encoder(fixed), encoder(moving)])
-    flow = SoftArgmaxDisplacement(config.softmax_temperature_init, name="soft_argmax")(corr)
+    logits = MatchLogits(config.softmax_temperature_init, name="match_logits")(corr)
+    flow = SoftArgmaxDisplacement(feature_grid(config), name="soft_argmax")(logits)
     trunk = layers.Flatten(name="flatten")(flow)
     trunk = layers.Dense(config.trunk_units, activation="relu", name="trunk0")(trunk)
     trunk = layers.Dense(config.trunk_units, activation="relu", name="trunk1")(trunk)
@@ -255,7 +290,7 @@ def build_model(config: NetworkConfig | dict | None = None) -> keras.Model:
     matrix = AffineFromParams(config.use_shear, config.max_translation, name="affine")(params)
     warped = BilinearWarp(name="warp")([moving, matrix])
     return keras.Model({"fixed": fixed, "moving": moving},
-                       {"matrix": matrix, "warped": warped}, name=MODEL_NAME)
+                       {"matrix": matrix, "warped": warped, "matches": logits}, name=MODEL_NAME)
 
 
 _GRID_UV = np.stack(np.meshgrid(np.linspace(-0.8, 0.8, 5), np.linspace(-0.8, 0.8, 5)), -1)
@@ -273,6 +308,57 @@ def grid_loss(y_true, y_pred):
     points = ops.convert_to_tensor(GRID_POINTS, dtype=y_pred.dtype)
     diff = ops.einsum("bik,nk->bni", ops.cast(y_true, y_pred.dtype) - y_pred, points)
     return ops.mean(ops.sqrt(ops.sum(ops.square(diff), axis=-1) + 1e-12))
+
+
+MATCH_SIGMA_CELLS = 0.5
+"""Width (in cells) of the Gaussian soft target of :func:`match_loss`."""
+
+
+def match_targets(target, fixed, moving, grid: int) -> np.ndarray:
+    """Per-cell targets of :func:`match_loss` from normalised matrices and input images.
+
+    ``target`` (B, 2, 3) normalised fixed -> moving; ``fixed``, ``moving`` (B, S, S[, 1]).
+    Returns (B, grid*grid, 3) float32 ``[u, v, weight]``: where fixed cell i's centre lands in
+    the moving input, and weight 1 when the fixed cell shows retina and its match lands on
+    retina of the moving input (0 otherwise).
+    """
+    target = np.asarray(target, np.float64)
+    size = np.asarray(fixed).shape[1]
+    fixed = np.asarray(fixed).reshape(len(target), size, size)
+    moving = np.asarray(moving).reshape(len(target), size, size)
+    centres = _cell_centres(grid, grid).astype(np.float64)
+    landed = np.einsum("bij,nj->bni", target[:, :, :2], centres) + target[:, None, :, 2]
+    cell = size // grid
+    fixed_cells = fixed.reshape(len(target), grid, cell, grid, cell).mean(axis=(2, 4))
+    moving_cells = moving.reshape(len(target), grid, cell, grid, cell).mean(axis=(2, 4))
+    col = np.floor((landed[..., 0] + 1) / 2 * grid).astype(int)
+    row = np.floor((landed[..., 1] + 1) / 2 * grid).astype(int)
+    inside = (col >= 0) & (col < grid) & (row >= 0) & (row < grid)
+    batch = np.arange(len(target))[:, None]
+    on_retina = moving_cells[batch, row.clip(0, grid - 1), col.clip(0, grid - 1)] > 0.02
+    weight = inside & on_retina & (fixed_cells.reshape(len(target), -1) > 0.02)
+    return np.concatenate([landed, weight[..., None]], axis=-1).astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="fire_reg")
+def match_loss(y_true, logits):
+    """Cross-entropy of the match distribution against a Gaussian soft target.
+
+    ``y_true`` (B, n, 3) from :func:`match_targets`; ``logits`` (B, n, n) from
+    :class:`MatchLogits` (n = g*g cells). The target of fixed cell i is a Gaussian of
+    :data:`MATCH_SIGMA_CELLS` cells around its true landing point over the moving cell
+    centres; the loss is averaged over cells with weight 1 (scalar).
+    """
+    cells = logits.shape[-1]
+    grid = int(round(math.sqrt(cells)))
+    centres = ops.convert_to_tensor(_cell_centres(grid, grid), dtype=logits.dtype)
+    y_true = ops.cast(y_true, logits.dtype)
+    landed, weight = y_true[..., :2], y_true[..., 2]
+    sigma = MATCH_SIGMA_CELLS * 2.0 / grid
+    dist2 = ops.sum(ops.square(landed[:, :, None, :] - centres[None, None]), axis=-1)
+    soft = ops.softmax(-dist2 / (2 * sigma * sigma), axis=-1)
+    cross = -ops.sum(soft * ops.log_softmax(logits, axis=-1), axis=-1)
+    return ops.sum(cross * weight) / (ops.sum(weight) + 1.0)
 
 
 @keras.saving.register_keras_serializable(package="fire_reg")

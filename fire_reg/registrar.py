@@ -198,7 +198,7 @@ def warped_similarity(fixed_map, fixed_fov, moving_map, moving_fov, matrix) -> f
     warped = imaging.resample(moving_map, matrix, size)
     warped_fov = imaging.resample(moving_fov.astype(np.float32), matrix, size) > 0.5
     common = fixed_fov & warped_fov
-    if common.sum() < 0.05 * fixed_fov.sum():
+    if common.sum() < max(64, 0.05 * fixed_fov.sum()):
         return -1.0
     a = fixed_map[common] - fixed_map[common].mean()
     b = warped[common] - warped[common].mean()

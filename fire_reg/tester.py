@@ -55,6 +55,9 @@ class Tester:
 
     def run(self) -> dict:
         """Score every pair, write results.json, report.md and the plots; return the results."""
+        for pair in self.dataset:  # bad input fails before any work is done
+            pair.control_points()
+            pair.check()
         pairs = {}
         for pair in tqdm(list(self.dataset), desc="evaluate", unit="pair",
                          disable=not self.progress):

@@ -46,6 +46,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     learning_rate: float = 1e-3
     min_learning_rate: float = 1e-5
+    match_weight: float = 0.05
     ncc_weight: float = 0.0
     validation_fraction: float = 0.1
     curriculum_epochs: int = 4
@@ -158,6 +159,10 @@ def make_batches(stream: ShardStream, indices: np.ndarray, config: TrainConfig, 
     when ``training``)."""
     import keras
 
+    from fire_reg import network
+
+    grid = network.feature_grid(network.NetworkConfig.from_dict(config.network))
+
     class Batches(keras.utils.PyDataset):
         def __init__(self):
             super().__init__()
@@ -190,6 +195,8 @@ def make_batches(stream: ShardStream, indices: np.ndarray, config: TrainConfig, 
                 rng = np.random.default_rng([config.seed, self.epoch, step])
                 fixed, moving, target = augment_batch(fixed, moving, target, rng)
             targets = {"matrix": target.astype(np.float32)}
+            if config.match_weight > 0:
+                targets["matches"] = network.match_targets(target, fixed, moving, grid)
             if config.ncc_weight > 0:
                 targets["warped"] = fixed
             return {"fixed": fixed, "moving": moving}, targets
@@ -246,6 +253,9 @@ class Trainer:
                 alpha=self.config.min_learning_rate / self.config.learning_rate)
             losses = {"matrix": network.grid_loss}
             weights = {"matrix": 1.0}
+            if self.config.match_weight > 0:
+                losses["matches"] = network.match_loss
+                weights["matches"] = self.config.match_weight
             if self.config.ncc_weight > 0:
                 losses["warped"] = network.masked_ncc_loss
                 weights["warped"] = self.config.ncc_weight
@@ -272,7 +282,7 @@ class Trainer:
         train_indices, val_indices = self._indices()
         if len(train_indices) == 0:
             raise InputError(self.stream.shard_dir, "no training samples")
-        model = self.build()
+        model = self.model = self.build()
         write_json(self.out_dir / "config.json", self.run_record())
         train = make_batches(self.stream, train_indices, self.config, training=True)
         val_stream = self.val_stream or self.stream

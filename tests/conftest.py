@@ -15,3 +15,14 @@ def small_fire(tmp_path_factory):
     make_embedded_set(root, categories={"S": 2, "P": 1, "A": 1}, size=384, seed=3,
                       progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    """An untrained (identity) fire-reg model at 32 px, saved as .keras."""
+    from fire_reg import network
+
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    network.build_model({"input_size": 32, "encoder_channels": [4, 8, 8, 8],
+                         "trunk_units": 16}).save(path)
+    return path

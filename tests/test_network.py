@@ -63,13 +63,34 @@ def test_predict_matrices_accepts_both_layouts():
         np.testing.assert_allclose(matrices, np.broadcast_to(IDENTITY, (5, 2, 3)), atol=1e-7)
 
 
+def test_match_targets_and_loss_prefer_the_true_match():
+    """Logits peaked at the true landing cell give a lower matching loss than shifted ones."""
+    size, grid = 32, 4
+    shift = np.array([[[1, 0, 0.5], [0, 1, 0]]], np.float32)  # one cell (2/grid) right
+    images = np.ones((1, size, size, 1), np.float32)
+    y_true = network.match_targets(shift, images, images, grid)
+    assert y_true.shape == (1, grid * grid, 3)
+    # cells of the last column land outside the moving image: weight 0
+    weights = y_true[0, :, 2].reshape(grid, grid)
+    assert weights[:, -1].sum() == 0 and weights[:, :-1].all()
+    right = np.zeros((1, 16, 16), np.float32)
+    wrong = np.zeros((1, 16, 16), np.float32)
+    for i in range(16):
+        right[0, i, (i + 1) % 16] = 20.0
+        wrong[0, i, i] = 20.0
+    good = float(network.match_loss(y_true, right))
+    bad = float(network.match_loss(y_true, wrong))
+    assert good < bad
+
+
 def test_soft_argmax_recovers_a_known_cell_shift():
     # one-hot features: moving cell j holds the pattern of fixed cell j - 1 (one cell to the right)
     size = 4
     fixed = np.eye(size * size, dtype="float32").reshape(1, size, size, -1)
     moving = np.roll(fixed, 1, axis=2)
     corr = network.FeatureCorrelation()([fixed, moving])
-    flow = keras.ops.convert_to_numpy(network.SoftArgmaxDisplacement(200.0)(corr))[0]
+    logits = network.MatchLogits(200.0)(corr)
+    flow = keras.ops.convert_to_numpy(network.SoftArgmaxDisplacement(size)(logits))[0]
     inner = flow[:, :-1]  # the last column's match wrapped around
     np.testing.assert_allclose(inner[..., 0], 2.0 / size, atol=1e-4)
     np.testing.assert_allclose(inner[..., 1], 0.0, atol=1e-4)

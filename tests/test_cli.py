@@ -1,0 +1,137 @@
+"""The fire-reg command line: outputs, schemas, and bad input -> one line, exit status 2."""
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from fire_reg.cli import main
+from fire_reg.fire import FireDataset
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_register_writes_three_files(small_fire, tiny_model_path, tmp_path, capsys):
+    pair = FireDataset(small_fire)["S01"]
+    code, out, _ = run(capsys, "register", pair.fixed_path, pair.moving_path, "--model",
+                       tiny_model_path, "--out", tmp_path / "reg")
+    assert code == 0, out
+    record = json.loads((tmp_path / "reg" / "transform.json").read_text())
+    assert record["maps"] == "fixed_xy_to_moving_xy" and record["units"] == "pixels"
+    matrix, inverse = np.array(record["matrix"]), np.array(record["inverse"])
+    np.testing.assert_allclose(np.vstack([matrix, [0, 0, 1]]) @ np.vstack([inverse, [0, 0, 1]]),
+                               np.eye(3), atol=1e-9)
+    assert record["fixed_size"] == list(pair.size("fixed")) and record["status"] in ("ok", "suspect")
+    assert record["seconds"] > 0
+    warped = cv2.imread(str(tmp_path / "reg" / "warped.png"))
+    assert warped.shape[:2] == pair.image("fixed").shape[:2] and warped.ndim == 3
+    assert cv2.imread(str(tmp_path / "reg" / "overlay.png")) is not None
+    assert not list((tmp_path / "reg").glob(".*part*"))
+
+
+def test_register_batch_from_fire_folder(small_fire, tiny_model_path, tmp_path, capsys):
+    code, out, _ = run(capsys, "register", "--batch", small_fire, "--model", tiny_model_path,
+                       "--refine", "none", "--out", tmp_path / "batch")
+    assert code == 0
+    summary = json.loads((tmp_path / "batch" / "batch.json").read_text())
+    assert set(summary["pairs"]) == {"S01", "S02", "P01", "A01"}
+    assert summary["pairs_per_second"] > 0
+    assert (tmp_path / "batch" / "P01" / "transform.json").is_file()
+
+
+def test_evaluate_writes_report_and_plots(small_fire, tiny_model_path, tmp_path, capsys):
+    code, out, _ = run(capsys, "evaluate", "--fire", small_fire, "--model", tiny_model_path,
+                       "--baselines", "sift", "--out", tmp_path / "ev", "--overlays", "1")
+    assert code == 0
+    results = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert results["methods"] == ["fire-reg", "sift", "identity", "ground-truth"]
+    assert set(results["pairs"]) == {"S01", "S02", "P01", "A01"}
+    entry = results["pairs"]["P01"]
+    assert {"matrix", "error_px", "category", "seconds"} <= set(entry)
+    summary = results["summary"]["all"]
+    # the ground-truth affine is (near) exact on S/P pairs; SIFT recovers them too
+    assert results["pairs"]["S01"]["methods"]["ground-truth"]["error_px"] < 1.0
+    assert results["pairs"]["S01"]["methods"]["sift"]["error_px"] < 10.0
+    assert summary["ground-truth"]["auc_S"] > summary["identity"]["auc_S"]
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "| sift" in report and "ground-truth" in report and "mAUC" in report
+    for name in ("success_curves.png", "error_boxplot.png"):
+        assert cv2.imread(str(tmp_path / "ev" / name)) is not None
+    assert len(list((tmp_path / "ev" / "overlays").glob("*.png"))) == 2
+
+
+def test_prepare_and_data_commands(small_fire, tmp_path, capsys):
+    code, out, _ = run(capsys, "prepare", "--fire", small_fire, "--out", tmp_path / "shards",
+                       "--patch-size", "32", "--per-pair", "2")
+    assert code == 0 and "8 samples" in out
+    code, out, _ = run(capsys, "data", "verify", "--fire", small_fire, "--layout-only")
+    assert code == 0 and "well-formed" in out
+    code, out, err = run(capsys, "data", "verify", "--fire", small_fire)
+    assert code == 2 and "problem" in err  # not the real FIRE: 134 pairs missing
+    code, out, _ = run(capsys, "data", "embedded", "--out", tmp_path / "emb", "--size", "256",
+                       "--per-image", "S1,P1,A0")
+    assert code == 0 and len(FireDataset(tmp_path / "emb")) == 2
+
+
+def corrupt_copy(small_fire, tmp_path, mutate):
+    import shutil
+
+    root = tmp_path / "broken"
+    shutil.copytree(small_fire, root)
+    mutate(root)
+    return root
+
+
+@pytest.mark.parametrize("mutate,expected", [
+    (lambda r: (r / "Images" / "S01_2.jpg").unlink(), "S01"),
+    (lambda r: (r / "Images" / "S02_1.jpg").write_bytes(b"\xff\xd8garbage"), "S02_1.jpg"),
+    (lambda r: (r / "Ground Truth" / "control_points_P01_1_2.txt").write_text("1 2 3\n"),
+     "control_points_P01_1_2.txt"),
+    (lambda r: (r / "Ground Truth" / "control_points_A01_1_2.txt").write_text("a b c d\n" * 10),
+     "control_points_A01_1_2.txt"),
+])
+def test_bad_fire_folder_exits_2(small_fire, tiny_model_path, tmp_path, capsys, mutate, expected):
+    root = corrupt_copy(small_fire, tmp_path, mutate)
+    code, out, err = run(capsys, "evaluate", "--fire", root, "--model", tiny_model_path,
+                         "--baselines", "", "--out", tmp_path / "ev")
+    assert code == 2
+    messages = [line for line in err.splitlines() if line.startswith("fire-reg:")]
+    assert len(messages) == 1 and expected in messages[0] and "Traceback" not in err
+    assert not (tmp_path / "ev" / "results.json").exists()
+
+
+def test_bad_register_inputs_exit_2(small_fire, tiny_model_path, tmp_path, capsys):
+    pair = FireDataset(small_fire)["S01"]
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    not_model = tmp_path / "model.keras"
+    not_model.write_text("nope")
+    cases = [
+        ([tmp_path / "missing.jpg", pair.moving_path], "missing.jpg"),
+        ([corrupt, pair.moving_path], "corrupt.jpg"),
+        ([pair.fixed_path, pair.moving_path, "--model", not_model], "model.keras"),
+        ([pair.fixed_path, pair.moving_path, "--model", tmp_path / "none.keras"], "none.keras"),
+    ]
+    for argv, expected in cases:
+        if "--model" not in argv:
+            argv = [*argv, "--model", tiny_model_path]
+        code, out, err = run(capsys, "register", *argv, "--out", tmp_path / "out")
+        assert code == 2, (argv, err)
+        assert expected in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "out" / "transform.json").exists()
+
+
+def test_console_script_exit_status_and_one_line(tmp_path):
+    """The installed entry point itself: no traceback, status 2."""
+    done = subprocess.run([sys.executable, "-m", "fire_reg.cli", "evaluate", "--fire",
+                           str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--no-model",
+                           "--baselines", ""],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "nowhere" in done.stderr and "Traceback" not in done.stderr

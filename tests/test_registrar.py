@@ -1,0 +1,89 @@
+"""Registrar: pixel bookkeeping of coarse-to-fine, refinement, status, model loading."""
+import keras
+import numpy as np
+import pytest
+
+from fire_reg import geometry, imaging, network
+from fire_reg.errors import InputError
+from fire_reg.fire import FireDataset
+from fire_reg.registrar import Registrar, load_model
+
+
+def constant_model(shift_u, size=32):
+    """A fire-reg model whose translation head always answers (shift_u, 0) (normalised)."""
+    model = network.build_model({"input_size": size, "encoder_channels": [4, 8, 8, 8],
+                                 "trunk_units": 8})
+    head = model.get_layer("translation")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel, np.array([shift_u, 0.0], np.float32)])
+    return model
+
+
+def test_coarse_to_fine_composes_residuals():
+    """Two passes of a constant (u + 0.25) answer compose to a shift of 2 x 0.25 x W/2 px."""
+    fixed = np.zeros((200, 300, 3), np.uint8)
+    moving = np.zeros((100, 150, 3), np.uint8)  # half size: letterbox maps scale too
+    for passes in (1, 2):
+        registrar = Registrar(constant_model(0.25), iterations=passes, refine=None,
+                              min_similarity=-2)
+        result = registrar.register(fixed, moving)
+        # in the letterboxed square (32 px for both) a shift of 0.25 normalised = 4 px
+        box = geometry.pixel_from_letterboxed(
+            geometry.pixel_from_normalized([[1, 0, 0.25 * passes], [0, 1, 0]], (32, 32),
+                                           (32, 32)), (300, 200), (150, 100), 32)
+        np.testing.assert_allclose(result.matrix, box, atol=1e-6)
+        assert result.fixed_size == (300, 200) and result.moving_size == (150, 100)
+
+
+def test_identity_model_with_ecc_recovers_small_motion(small_fire):
+    pair = FireDataset(small_fire)["S01"]
+    registrar = Registrar(constant_model(0.0), iterations=1, refine="ecc")
+    result = registrar.register(pair.image("fixed"), pair.image("moving"))
+    truth, _ = pair.ground_truth()
+    grid = geometry.grid_points(pair.size("fixed"))
+    assert geometry.mean_point_distance(result.matrix, truth, grid) < 1.5
+    assert result.status == "ok" and "ECC" in result.reason and result.similarity > 0.4
+    np.testing.assert_allclose(geometry.compose(result.matrix, result.inverse), np.eye(2, 3),
+                               atol=1e-9)
+    record = result.to_json()
+    assert record["maps"] == "fixed_xy_to_moving_xy" and record["units"] == "pixels"
+    assert np.asarray(record["inverse"]).shape == (2, 3)
+
+
+def test_unrelated_images_are_suspect_not_an_exception():
+    rng = np.random.default_rng(0)
+    fixed = (rng.uniform(size=(256, 256, 3)) * 255).astype(np.uint8)
+    moving = np.full((256, 256, 3), 90, np.uint8)
+    result = Registrar(constant_model(0.0), refine="ecc").register(fixed, moving)
+    assert result.status == "suspect" and "similarity" in result.reason
+
+
+def test_register_files_returns_original_pixels(small_fire):
+    pair = FireDataset(small_fire)["P01"]
+    registrar = Registrar(constant_model(0.0), refine=None, min_similarity=-2)
+    from_files = registrar.register_files(pair.fixed_path, pair.moving_path)
+    direct = registrar.register(pair.image("fixed"), pair.image("moving"))
+    assert from_files.fixed_size == pair.size("fixed")
+    np.testing.assert_allclose(from_files.matrix, direct.matrix, atol=1e-6)
+
+
+def test_load_model_errors(tmp_path, tiny_model_path):
+    with pytest.raises(InputError, match="not found"):
+        load_model(tmp_path / "missing.keras")
+    junk = tmp_path / "junk.keras"
+    junk.write_bytes(b"not a zip archive")
+    with pytest.raises(InputError, match="junk.keras"):
+        load_model(junk)
+    other = tmp_path / "other.keras"
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Dense(2)(inputs), name="something_else").save(other)
+    with pytest.raises(InputError, match="not a fire-reg model"):
+        load_model(other)
+    assert load_model(tiny_model_path).name == "fire_reg_affine"
+
+
+def test_vessel_map_is_zero_outside_the_aperture(small_fire):
+    image = FireDataset(small_fire)["S01"].image("fixed")
+    vessels, mask, scale = imaging.vessel_map(image, work_width=256)
+    assert vessels.shape == (256, 256) and scale == pytest.approx(256 / image.shape[1])
+    assert vessels[~mask].max() == 0 and 0 < vessels[mask].mean() < 0.5
