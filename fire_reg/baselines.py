@@ -84,11 +84,6 @@ def _checked(matrix_px, reason: str) -> Result:
     return Result(np.asarray(matrix_px, dtype=np.float64), "ok", reason)
 
 
-def _axis_scales(full_shape, small_shape) -> tuple[float, float]:
-    """(sx, sy) from a full-resolution grid to a resized one (exact, per axis)."""
-    return small_shape[1] / full_shape[1], small_shape[0] / full_shape[0]
-
-
 def _small_mask(image, mask, size, erode_px: int) -> np.ndarray:
     """Field-of-view mask (uint8 0/255) resized to ``size`` (W, H) and eroded by ``erode_px``."""
     mask = imaging.fov_mask(image) if mask is None else np.asarray(mask) > 0
@@ -105,7 +100,7 @@ def _feature_input(image, mask, width: int):
     gray = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(np.ascontiguousarray(gray))
     small_mask = _small_mask(image, mask, (gray.shape[1], gray.shape[0]),
                              erode_px=max(2, gray.shape[1] // 100))
-    return gray, small_mask, _axis_scales(image.shape, gray.shape)
+    return gray, small_mask, imaging.axis_scales(image.shape, gray.shape)
 
 
 def _feature_register(detector, norm: int, fixed, moving, fixed_mask, moving_mask) -> Result:
@@ -162,35 +157,57 @@ def refine_ecc(fixed, moving, init_matrix, fixed_mask=None, moving_mask=None,
                epsilon: float = 1e-5) -> Result:
     """Affine ECC from ``init_matrix`` (2x3, fixed px -> moving px, full resolution).
 
-    Both images become :func:`fire_reg.imaging.vessel_map` at ``work_width`` px; ECC
-    (``MOTION_AFFINE``, template = fixed, input = moving, masks = the two fields of view) runs
-    on a pyramid of ``levels`` levels (each half the previous size), coarse to fine, each level
-    started from the previous one's result. Returns the refined full-resolution matrix, or
-    "failed" with the identity when ECC does not converge or the result is implausible.
-    This is the ``ecc`` baseline (from the identity) and the learned Registrar's final step.
+    Both images become :func:`fire_reg.imaging.vessel_map` at ``work_width`` px and
+    :func:`ecc_on_maps` refines the matrix there. Returns the refined full-resolution matrix,
+    or "failed" with the identity when ECC does not converge or the result is implausible.
+    This is the ``ecc`` baseline (from the identity).
     """
-    fixed_levels = _ecc_pyramid(fixed, fixed_mask, work_width, levels)
-    moving_levels = _ecc_pyramid(moving, moving_mask, work_width, levels)
+    maps = []
+    for image, mask in ((fixed, fixed_mask), (moving, moving_mask)):
+        maps.append(imaging.vessel_map(image, None if mask is None else np.asarray(mask) > 0,
+                                       work_width))
+    (fixed_map, fixed_fov, fixed_scale), (moving_map, moving_fov, moving_scale) = maps
+    result = ecc_on_maps(fixed_map, fixed_fov, moving_map, moving_fov,
+                         geometry.rescale(init_matrix, fixed_scale, moving_scale), levels,
+                         iterations, epsilon)
+    if not result.ok:
+        return result
+    full = geometry.rescale(result.matrix, 1.0 / np.array(fixed_scale),
+                            1.0 / np.array(moving_scale))
+    return _checked(full, result.reason)
+
+
+def ecc_on_maps(fixed_map, fixed_fov, moving_map, moving_fov, init_matrix, levels: int = 3,
+                iterations: int = 100, epsilon: float = 1e-5) -> Result:
+    """Affine ECC between two vessel maps (float32) with boolean fields of view.
+
+    ``init_matrix`` and the result map fixed-map px -> moving-map px. ECC (``MOTION_AFFINE``,
+    template = fixed, input = moving, masks = the two fields of view) runs on a pyramid of
+    ``levels`` levels (each half the previous size), coarse to fine, each level started from
+    the previous one's result. The learned Registrar calls this on the maps it already has.
+    """
+    fixed_levels = _ecc_pyramid(fixed_map, fixed_fov, levels)
+    moving_levels = _ecc_pyramid(moving_map, moving_fov, levels)
     criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, iterations, epsilon)
-    matrix = np.asarray(init_matrix, dtype=np.float64)[:2]  # full-resolution px throughout
+    matrix = np.asarray(init_matrix, dtype=np.float64)[:2]  # finest-level px throughout
     rho = float("nan")
     for level in range(levels - 1, -1, -1):
-        (fixed_map, fixed_small_mask), (moving_map, moving_small_mask) = \
+        (fixed_small, fixed_small_mask), (moving_small, moving_small_mask) = \
             fixed_levels[level], moving_levels[level]
-        to_f = _axis_scales(fixed.shape, fixed_map.shape)
-        to_m = _axis_scales(moving.shape, moving_map.shape)
+        to_f = imaging.axis_scales(fixed_map.shape, fixed_small.shape)
+        to_m = imaging.axis_scales(moving_map.shape, moving_small.shape)
         warp = geometry.rescale(matrix, to_f, to_m).astype(np.float32)
         try:
-            rho, warp = _ecc_call(fixed_map, moving_map, fixed_small_mask, moving_small_mask,
+            rho, warp = _ecc_call(fixed_small, moving_small, fixed_small_mask, moving_small_mask,
                                   warp, criteria)
         except cv2.error as error:
             return _failed(f"ECC did not converge at pyramid level {level} "
-                           f"({fixed_map.shape[1]} px wide): {_cv_message(error)}")
+                           f"({fixed_small.shape[1]} px wide): {_cv_message(error)}")
         matrix = geometry.rescale(warp.astype(np.float64), 1.0 / np.array(to_f),
                                   1.0 / np.array(to_m))
     if rho < MIN_ECC_CORRELATION:
         return _failed(f"ECC correlation {rho:.3f} < {MIN_ECC_CORRELATION} after warping")
-    return _checked(matrix, f"ECC correlation {rho:.3f}")
+    return Result(matrix, "ok", f"ECC correlation {rho:.3f}")
 
 
 def _cv_message(error: cv2.error) -> str:
@@ -199,11 +216,9 @@ def _cv_message(error: cv2.error) -> str:
     return f"{found[1]}: {found[2]}" if found else str(error).strip()
 
 
-def _ecc_pyramid(image, mask, work_width: int, levels: int):
-    """[(vessel map float32, mask uint8 0/255)] from ``work_width`` px down by 2x per level."""
-    vessels, small_mask, _ = imaging.vessel_map(
-        image, None if mask is None else np.asarray(mask) > 0, work_width)
-    pyramid = [(vessels, small_mask.astype(np.uint8) * 255)]
+def _ecc_pyramid(vessels, fov, levels: int):
+    """[(vessel map float32, mask uint8 0/255)], the given map first, then halved per level."""
+    pyramid = [(vessels, fov.astype(np.uint8) * 255)]
     for _ in range(levels - 1):
         smaller = cv2.pyrDown(pyramid[-1][0])
         pyramid.append((smaller, cv2.resize(pyramid[-1][1], (smaller.shape[1], smaller.shape[0]),

@@ -182,8 +182,8 @@ class DatasetCreator:
                 maps.append((vessels, mask.astype(np.float32)))
             truth_px, _ = pair.ground_truth()
             (fixed_map, _), (moving_map, _) = maps
-            fixed_scale = fixed_map.shape[1] / pair.size("fixed")[0]
-            moving_scale = moving_map.shape[1] / pair.size("moving")[0]
+            fixed_scale = imaging.axis_scales(pair.size("fixed")[::-1], fixed_map.shape)
+            moving_scale = imaging.axis_scales(pair.size("moving")[::-1], moving_map.shape)
             truth = geometry.rescale(truth_px, fixed_scale, moving_scale)
             cache[pair_index] = (maps, truth)
         return cache[pair_index]

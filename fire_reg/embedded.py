@@ -421,7 +421,7 @@ def _control_points(fixed, fixed_valid, moving_valid, matrix, rng) -> np.ndarray
     fixed_ok, moving_ok = _shrink(fixed_valid, margin), _shrink(moving_valid, margin)
     vessels, _, scale = imaging.vessel_map(fixed, fixed_valid)
     ys, xs = np.nonzero(vessels > 0)
-    points = (np.stack([xs, ys], axis=1) + 0.5) / scale - 0.5
+    points = (np.stack([xs, ys], axis=1) + 0.5) / np.asarray(scale) - 0.5
     keep = _lookup(fixed_ok, points) & _lookup(moving_ok, geometry.apply(matrix, points))
     points, strength = points[keep], vessels[ys[keep], xs[keep]]
     if len(points) < POINTS_PER_PAIR:

@@ -100,6 +100,12 @@ def fov_mask(image: np.ndarray, threshold: int = 20) -> np.ndarray:
     return filled.astype(bool)
 
 
+def axis_scales(full_shape, small_shape) -> tuple[float, float]:
+    """(sx, sy) from an image grid of shape ``full_shape`` to a resized one (exact per axis;
+    use with ``geometry.rescale``)."""
+    return small_shape[1] / full_shape[1], small_shape[0] / full_shape[0]
+
+
 def resize_to_width(image: np.ndarray, width: int) -> tuple[np.ndarray, float]:
     """Resize (area interpolation) so the image is ``width`` px wide; returns (image, scale)."""
     scale = width / image.shape[1]
@@ -114,12 +120,12 @@ def vessel_map(image: np.ndarray, mask: np.ndarray | None = None,
                work_width: int = WORK_WIDTH) -> tuple[np.ndarray, np.ndarray, float]:
     """Vessel-enhanced green channel at ``work_width`` px wide.
 
-    Returns (map float32 in [0, 1], mask bool, scale) where ``scale`` = work px / input px
-    (use ``geometry.rescale`` with it to move matrices between the two grids).
+    Returns (map float32 in [0, 1], mask bool, (sx, sy)) where (sx, sy) = work px / input px
+    per axis (use ``geometry.rescale`` with it to move matrices between the two grids).
     """
     if mask is None:
         mask = fov_mask(image)
-    small, scale = resize_to_width(green(image), work_width)
+    small, _ = resize_to_width(green(image), work_width)
     small_mask = cv2.resize(mask.astype(np.uint8), (small.shape[1], small.shape[0]),
                             interpolation=cv2.INTER_NEAREST).astype(bool)
     inner = cv2.erode(small_mask.astype(np.uint8),
@@ -134,7 +140,7 @@ def vessel_map(image: np.ndarray, mask: np.ndarray | None = None,
     vessels[~inner] = 0.0
     top = np.percentile(vessels[inner], 99) if inner.any() else 0.0
     vessels = np.clip(vessels / max(top, 1e-6), 0.0, 1.0)
-    return vessels.astype(np.float32), small_mask, scale
+    return vessels.astype(np.float32), small_mask, axis_scales(image.shape, small.shape)
 
 
 def resample(image: np.ndarray, matrix_out_to_in, out_size,

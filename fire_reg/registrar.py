@@ -8,7 +8,7 @@ Steps, for images of any size and aspect:
    map is resampled through the current estimate (cut to the fixed aperture, so that both
    apertures coincide as in training), the network predicts the residual, and it is composed
    onto the estimate.
-3. Optional local refinement: OpenCV ECC (:func:`fire_reg.baselines.refine_ecc`) started from
+3. Optional local refinement: OpenCV ECC (:func:`fire_reg.baselines.ecc_on_maps`) started from
    the network's answer; kept only when it raises the vessel-map similarity.
 4. Trust: the normalised cross-correlation of the vessel maps inside the common field of view
    after warping; below ``min_similarity`` the status is "suspect" with the reason.
@@ -115,8 +115,8 @@ class Registrar:
         fixed_map, fixed_fov, fixed_scale = imaging.vessel_map(fixed, fixed_mask, self.work_width)
         moving_map, moving_fov, moving_scale = imaging.vessel_map(moving, moving_mask,
                                                                   self.work_width)
-        to_work = lambda m: geometry.rescale(m, fixed_scale, moving_scale)  # noqa: E731
-        to_full = lambda m: geometry.rescale(m, 1 / fixed_scale, 1 / moving_scale)  # noqa: E731
+        to_full = lambda m: geometry.rescale(  # noqa: E731
+            m, 1 / np.asarray(fixed_scale), 1 / np.asarray(moving_scale))
         work = self._network_estimate(fixed_map, fixed_fov, moving_map)
         stages = {"network": to_full(work)}
         similarity = warped_similarity(fixed_map, fixed_fov, moving_map, moving_fov, work)
@@ -124,15 +124,13 @@ class Registrar:
         if self.refine == "ecc":
             from fire_reg import baselines
 
-            refined = baselines.refine_ecc(fixed, moving, stages["network"], fixed_mask,
-                                           moving_mask)
+            refined = baselines.ecc_on_maps(fixed_map, fixed_fov, moving_map, moving_fov, work)
             if refined.ok:
-                refined_work = to_work(refined.matrix)
                 refined_similarity = warped_similarity(fixed_map, fixed_fov, moving_map,
-                                                       moving_fov, refined_work)
+                                                       moving_fov, refined.matrix)
                 if refined_similarity >= similarity:
-                    work, similarity, reason = refined_work, refined_similarity, "network + ECC"
-                    stages["ecc"] = refined.matrix
+                    work, similarity, reason = refined.matrix, refined_similarity, "network + ECC"
+                    stages["ecc"] = to_full(work)
             else:
                 reason = f"network (ECC refinement rejected: {refined.reason})"
         status = "ok" if similarity >= self.min_similarity else "suspect"

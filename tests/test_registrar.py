@@ -85,5 +85,5 @@ def test_load_model_errors(tmp_path, tiny_model_path):
 def test_vessel_map_is_zero_outside_the_aperture(small_fire):
     image = FireDataset(small_fire)["S01"].image("fixed")
     vessels, mask, scale = imaging.vessel_map(image, work_width=256)
-    assert vessels.shape == (256, 256) and scale == pytest.approx(256 / image.shape[1])
+    assert vessels.shape == (256, 256) and scale == pytest.approx((256 / image.shape[1],) * 2)
     assert vessels[~mask].max() == 0 and 0 < vessels[mask].mean() < 0.5
