@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from fire_reg.errors import InputError, write_json
+from fire_reg.errors import InputError, write_json, write_text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,7 +94,8 @@ def _registrar(args):
 
 
 def register_pair(registrar, fixed_path, moving_path, out_dir):
-    """Register two files and write transform.json, warped.png and overlay.png to ``out_dir``."""
+    """Register two files and write transform.json (+ ITK transform.tfm), warped.png and
+    overlay.png to ``out_dir``."""
     import cv2
 
     from fire_reg import imaging, visualize
@@ -112,6 +113,7 @@ def register_pair(registrar, fixed_path, moving_path, out_dir):
                                        f"{result.status}")
     record = result.to_json()
     record.update(fixed=str(fixed_path), moving=str(moving_path))
+    write_text(out_dir / "transform.tfm", result.to_itk())
     write_json(out_dir / "transform.json", record)
     return result
 
@@ -160,7 +162,7 @@ def cmd_register(args) -> int:
                                       "folder": str(out)}
         if pair_id is None:
             print(f"{result.status}: {result.reason}; {result.seconds:.2f} s; "
-                  f"wrote {out}/transform.json, warped.png, overlay.png")
+                  f"wrote {out}/transform.json, transform.tfm, warped.png, overlay.png")
     if args.batch:
         elapsed = time.perf_counter() - start
         write_json(Path(args.out) / "batch.json", {"pairs": summary, "seconds": elapsed,

@@ -81,6 +81,19 @@ class Registration:
         """Moving px -> fixed px."""
         return geometry.invert(self.matrix)
 
+    def to_itk(self) -> str:
+        """ITK ``.tfm`` text (``AffineTransform_double_2_2``, centre 0) of the same map.
+
+        ITK transforms map fixed-image physical points to moving-image physical points, which
+        with unit spacing and zero origin are our pixel coordinates (index (0, 0) = centre of
+        the top-left pixel, y down): ``Parameters: a00 a01 a10 a11 tx ty``.
+        """
+        (a00, a01, tx), (a10, a11, ty) = self.matrix
+        values = " ".join(f"{v:.12g}" for v in (a00, a01, a10, a11, tx, ty))
+        return ("#Insight Transform File V1.0\n#Transform 0\n"
+                "Transform: AffineTransform_double_2_2\n"
+                f"Parameters: {values}\nFixedParameters: 0 0\n")
+
     def to_json(self) -> dict:
         """The ``transform.json`` schema of DESIGN.md."""
         return {"matrix": self.matrix.tolist(), "maps": "fixed_xy_to_moving_xy",

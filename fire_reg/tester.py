@@ -116,7 +116,9 @@ class Tester:
                 summary[scope][method] = stats
         import keras
 
-        return {"dataset": str(self.dataset.root), "units": "FIRE-equivalent pixels "
+        return {"dataset": str(self.dataset.root), "maps": "fixed_xy_to_moving_xy",
+                "matrix_units": "pixels of the original images",
+                "units": "FIRE-equivalent pixels "
                 f"(error x 2912 / {self.dataset.width})", "methods": self.methods,
                 "pairs": pairs, "summary": summary,
                 "machine": {"python": platform.python_version(), "keras": keras.__version__,

@@ -33,6 +33,11 @@ def test_register_writes_three_files(small_fire, tiny_model_path, tmp_path, caps
     assert warped.shape[:2] == pair.image("fixed").shape[:2] and warped.ndim == 3
     assert cv2.imread(str(tmp_path / "reg" / "overlay.png")) is not None
     assert not list((tmp_path / "reg").glob(".*part*"))
+    itk = (tmp_path / "reg" / "transform.tfm").read_text().splitlines()
+    assert itk[2] == "Transform: AffineTransform_double_2_2"
+    parameters = np.array(itk[3].split(":")[1].split(), float)
+    np.testing.assert_allclose(parameters, [matrix[0, 0], matrix[0, 1], matrix[1, 0],
+                                            matrix[1, 1], matrix[0, 2], matrix[1, 2]], rtol=1e-9)
 
 
 def test_register_batch_from_fire_folder(small_fire, tiny_model_path, tmp_path, capsys):
