@@ -382,6 +382,42 @@ def masked_ncc_loss(fixed, warped, eps: float = 1e-6):
     return ops.mean(1.0 - ncc)
 
 
+def affine_from_matches(logits, min_inliers: int = 6, threshold_cells: float = 0.75):
+    """Robust affine (normalised, fixed -> moving) from one sample's match logits, or None.
+
+    ``logits`` (g*g, g*g) of :class:`MatchLogits`. Mutual nearest neighbours between fixed and
+    moving cells, each refined to sub-cell precision by a soft-argmax over the 3 x 3 moving
+    cells around its match, then ``cv2.estimateAffine2D`` with RANSAC at ``threshold_cells``
+    cells. None when fewer than ``min_inliers`` matches agree. A second estimate beside the
+    regression heads: the Registrar keeps whichever aligns the vessels better.
+    """
+    import cv2
+
+    logits = np.asarray(logits, np.float64)
+    cells = logits.shape[0]
+    grid = int(round(math.sqrt(cells)))
+    centres = _cell_centres(grid, grid).astype(np.float64)
+    forward, backward = logits.argmax(1), logits.argmax(0)
+    fixed_cells = np.flatnonzero(backward[forward] == np.arange(cells))
+    if len(fixed_cells) < min_inliers:
+        return None
+    rows, cols = np.divmod(forward[fixed_cells], grid)
+    offsets = np.array([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)])
+    near_rows = np.clip(rows[:, None] + offsets[:, 0], 0, grid - 1)
+    near_cols = np.clip(cols[:, None] + offsets[:, 1], 0, grid - 1)
+    near = near_rows * grid + near_cols  # (n, 9) neighbouring moving cells
+    weights = np.take_along_axis(logits[fixed_cells], near, axis=1)
+    weights = np.exp(weights - weights.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    landed = np.einsum("nk,nkd->nd", weights, centres[near])
+    matrix, inliers = cv2.estimateAffine2D(
+        centres[fixed_cells], landed, method=cv2.RANSAC,
+        ransacReprojThreshold=threshold_cells * 2.0 / grid, maxIters=2000, confidence=0.995)
+    if matrix is None or inliers is None or int(inliers.sum()) < min_inliers:
+        return None
+    return matrix
+
+
 def predict_matrices(model: keras.Model, fixed, moving, batch_size: int = 32) -> np.ndarray:
     """Normalised matrices (N, 2, 3) float64 (fixed -> moving) for arrays (N, S, S[, 1])."""
     def as_input(images):

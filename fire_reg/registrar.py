@@ -7,7 +7,8 @@ Steps, for images of any size and aspect:
 2. **Coarse to fine**: the network predicts the motion; for each further iteration the moving
    map is resampled through the current estimate (cut to the fixed aperture, so that both
    apertures coincide as in training), the network predicts the residual, and it is composed
-   onto the estimate.
+   onto the estimate. Each pass has two candidates from the same forward pass, the regression
+   heads and a RANSAC fit to the network's own cell matches; the better-aligning one is kept.
 3. Optional local refinement: OpenCV ECC (:func:`fire_reg.baselines.ecc_on_maps`) started from
    the network's answer; kept only when it raises the vessel-map similarity.
 4. Trust: the normalised cross-correlation of the vessel maps inside the common field of view
@@ -130,7 +131,7 @@ class Registrar:
                                                                   self.work_width)
         to_full = lambda m: geometry.rescale(  # noqa: E731
             m, 1 / np.asarray(fixed_scale), 1 / np.asarray(moving_scale))
-        work = self._network_estimate(fixed_map, fixed_fov, moving_map)
+        work = self._network_estimate(fixed_map, fixed_fov, moving_map, moving_fov)
         stages = {"network": to_full(work)}
         similarity = warped_similarity(fixed_map, fixed_fov, moving_map, moving_fov, work)
         reason = "network"
@@ -155,8 +156,15 @@ class Registrar:
                             fixed_size=(fixed.shape[1], fixed.shape[0]),
                             moving_size=(moving.shape[1], moving.shape[0]), stages=stages)
 
-    def _network_estimate(self, fixed_map, fixed_fov, moving_map) -> np.ndarray:
-        """Coarse-to-fine network estimate in working-resolution px (fixed -> moving)."""
+    def _network_estimate(self, fixed_map, fixed_fov, moving_map, moving_fov) -> np.ndarray:
+        """Coarse-to-fine network estimate in working-resolution px (fixed -> moving).
+
+        Each pass gives two candidates for the residual, the regression heads' matrix and the
+        robust fit to the network's matches (:func:`fire_reg.network.affine_from_matches`);
+        the one whose composed estimate aligns the vessel maps better is kept.
+        """
+        from fire_reg import network
+
         size = self.size
         fixed_box = geometry.letterbox(fixed_map.shape[1::-1], size)
         moving_box = geometry.letterbox(moving_map.shape[1::-1], size)
@@ -169,19 +177,25 @@ class Registrar:
                                          (size, size))
             if iteration:
                 moving_in = moving_in * fixed_in_fov
-            residual = self._predict(fixed_in, moving_in)
-            estimate = geometry.compose(estimate, from_patch, residual, fixed_box)
+            heads, logits = self._predict(fixed_in, moving_in)
+            candidates = [heads, network.affine_from_matches(logits)]
+            composed = [geometry.compose(estimate, from_patch,
+                                         geometry.pixel_from_normalized(c, (size,) * 2, (size,) * 2),
+                                         fixed_box)
+                        for c in candidates if c is not None]
+            estimate = max(composed, key=lambda m: warped_similarity(
+                fixed_map, fixed_fov, moving_map, moving_fov, m))
         return estimate
 
-    def _predict(self, fixed_in, moving_in) -> np.ndarray:
-        """Network residual as a pixel matrix of the square input (fixed px -> moving px)."""
+    def _predict(self, fixed_in, moving_in) -> tuple[np.ndarray, np.ndarray]:
+        """The network's normalised matrix (heads) and match logits for one input pair."""
         import keras
 
         batch = {"fixed": fixed_in[None, ..., None].astype(np.float32),
                  "moving": moving_in[None, ..., None].astype(np.float32)}
-        matrix = keras.ops.convert_to_numpy(self.model(batch, training=False)["matrix"])[0]
-        return geometry.pixel_from_normalized(matrix.astype(np.float64), (self.size,) * 2,
-                                              (self.size,) * 2)
+        outputs = self.model(batch, training=False)
+        return (keras.ops.convert_to_numpy(outputs["matrix"])[0].astype(np.float64),
+                keras.ops.convert_to_numpy(outputs["matches"])[0])
 
     def register_files(self, fixed_path, moving_path, fast_decode: bool = True) -> Registration:
         """Register two image files; with ``fast_decode`` JPEGs are decoded at reduced size

@@ -83,6 +83,21 @@ def test_match_targets_and_loss_prefer_the_true_match():
     assert good < bad
 
 
+def test_affine_from_matches_recovers_a_known_motion():
+    """Logits peaked where a known affine sends each cell give back that affine."""
+    grid = 8
+    truth = geometry.AffineParams(0.1, -0.05, 0.05, 1.02, 0.98).matrix()
+    centres = network._cell_centres(grid, grid).astype(np.float64)
+    landed = geometry.apply(truth, centres)
+    dist2 = ((landed[:, None, :] - centres[None]) ** 2).sum(-1)
+    logits = -dist2 / (2 * (0.5 * 2 / grid) ** 2)
+    logits[3, :] = logits.min()  # an uninformative cell
+    found = network.affine_from_matches(logits)
+    assert found is not None
+    assert geometry.mean_point_distance(found, truth, geometry.normalized_grid()) < 0.02
+    assert network.affine_from_matches(np.zeros((grid * grid, grid * grid))) is None
+
+
 def test_soft_argmax_recovers_a_known_cell_shift():
     # one-hot features: moving cell j holds the pattern of fixed cell j - 1 (one cell to the right)
     size = 4
