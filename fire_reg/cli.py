@@ -1,4 +1,4 @@
-"""The ``fire-reg`` command line: register, evaluate, train, prepare, data, demo.
+"""The ``fire-reg`` command line: register, evaluate, train, export, prepare, data, demo.
 
 Exit status: 0 success, 2 bad input (one line naming the file and the problem), 1 anything else.
 """
@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
     train.add_argument("--distribute", action="store_true",
                        help="data-parallel over all local devices (GPUs)")
+
+    export = commands.add_parser("export", help="package a training run's model with its card")
+    export.add_argument("--run", required=True, help="run folder of `fire-reg train`")
+    export.add_argument("--out", required=True, help="folder for <name>.keras and <name>.json")
+    export.add_argument("--validation", help="results.json of `fire-reg evaluate` on held-out pairs")
 
     prepare = commands.add_parser("prepare", help="sample patch pairs into .npy shards")
     prepare.add_argument("--fire", required=True, help="FIRE-layout folder")
@@ -199,6 +204,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from fire_reg.trainer import export_model
+
+    path = export_model(args.run, args.out, args.validation)
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
 def cmd_prepare(args) -> int:
     from fire_reg.dataset_creator import DatasetCreator, PrepareConfig
 
@@ -252,6 +265,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"register": cmd_register, "evaluate": cmd_evaluate, "train": cmd_train,
+            "export": cmd_export,
             "prepare": cmd_prepare, "data": cmd_data, "demo": cmd_demo}
 
 

@@ -313,10 +313,9 @@ class Trainer:
         log = self.out_dir / "log.csv"
         if not log.exists():
             return
-        rows = np.genfromtxt(log, delimiter=",", names=True)
-        rows = np.atleast_1d(rows)
-        history = {name: rows[name].tolist() for name in rows.dtype.names
-                   if name.endswith("loss")}
+        rows = _read_log(log)
+        history = {name: [row[name] for row in rows] for name in rows[0]
+                   if name.endswith("loss")} if rows else {}
         visualize.save_training_curves(self.out_dir / "curves.png", history)
 
     def run_record(self) -> dict:
@@ -359,3 +358,53 @@ def _distribution_scope(distribute: bool):
 
         return tf.distribute.MirroredStrategy().scope()
     raise InputError("--distribute", f"not supported on the {backend} backend; use jax or tensorflow")
+
+
+def export_model(run_dir, out_dir, validation_results=None, name: str = "fire_reg_affine"):
+    """Write a run's best model without optimizer state, plus its JSON card, to ``out_dir``.
+
+    The card holds the input size, preprocessing, the run's config and command, the number of
+    parameters and, from a ``fire-reg evaluate`` results.json, the validation summary.
+    Returns the model path. InputError when the run folder lacks model.keras or config.json.
+    """
+    import hashlib
+
+    import keras
+
+    from fire_reg import network  # noqa: F401  (registers the custom layers)
+    from fire_reg.errors import atomic_path
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    for needed in ("model.keras", "config.json"):
+        if not (run_dir / needed).is_file():
+            raise InputError(run_dir / needed, "not found: is this a `fire-reg train` run folder?")
+    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    model_path = out_dir / f"{name}.keras"
+    with atomic_path(model_path) as tmp:
+        model.save(tmp)
+    record = json.loads((run_dir / "config.json").read_text())
+    card = {
+        "model": model_path.name, "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
+        "parameters": int(model.count_params()),
+        "input_size": record["config"]["network"]["input_size"],
+        "preprocessing": "fire_reg.imaging.vessel_map at 512 px wide (green channel, CLAHE, "
+                         "black top-hat, [0, 1], zero outside the aperture), letterboxed",
+        "output": "2x3 matrix, normalised input coordinates, fixed -> moving",
+        "training": record,
+        "log": _read_log(run_dir / "log.csv"),
+    }
+    if validation_results:
+        results = json.loads(Path(validation_results).read_text())
+        card["validation"] = {"dataset": results["dataset"], "units": results["units"],
+                              "summary": results["summary"]}
+    write_json(out_dir / f"{name}.json", card)
+    return model_path
+
+
+def _read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    import csv
+
+    with open(path, newline="") as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]

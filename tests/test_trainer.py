@@ -87,6 +87,16 @@ def test_tiny_training_run_writes_artefacts_and_resumes(shard_dir, tmp_path):
     Trainer(shard_dir, tmp_path, config).fit(resume=True, verbose=0)
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
     assert len(rows) >= 4
+    # export: a loadable model without optimizer state and a card
+    from fire_reg.registrar import load_model
+    from fire_reg.trainer import export_model
+
+    path = export_model(tmp_path, tmp_path / "ship")
+    card = json.loads((tmp_path / "ship" / "fire_reg_affine.json").read_text())
+    assert card["input_size"] == 32 and card["parameters"] == load_model(path).count_params()
+    assert len(card["log"]) == len(rows)
+    with pytest.raises(InputError, match="model.keras"):
+        export_model(tmp_path / "ship", tmp_path / "elsewhere")
 
 
 def test_bad_config_file(tmp_path):
