@@ -142,7 +142,7 @@ class Tester:
                 self.out_dir / "overlays" / f"{pid}.png", pair.image("fixed"), pair.image("moving"),
                 np.asarray(pairs[pid]["matrix"]), fixed_pts, moving_pts,
                 title=f"{pid} ({pairs[pid]['category']}) {pairs[pid]['method']}: "
-                      f"{pairs[pid]['error_px']:.1f} px")
+                      f"{pairs[pid]['error_px']:.1f} FIRE-equivalent px (panels: image px)")
 
     def _report(self, results: dict) -> str:
         lines = [f"# fire-reg evaluation: {results['dataset']}", "",

@@ -407,4 +407,12 @@ def _read_log(path: Path) -> list[dict]:
     import csv
 
     with open(path, newline="") as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _number(text: str) -> float:
+    """A CSVLogger value; its "NA" (a metric missing that epoch) becomes NaN."""
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")

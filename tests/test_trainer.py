@@ -11,7 +11,7 @@ from fire_reg.dataset_creator import DatasetCreator, PrepareConfig
 from fire_reg.errors import InputError
 from fire_reg.trainer import ShardStream, TrainConfig, Trainer, augment_batch, transform_sample
 
-TINY_NETWORK = {"encoder_channels": [4, 8, 8, 8], "trunk_units": 16}
+TINY_NETWORK = {"encoder_channels": [4, 8, 8, 8, 8], "trunk_units": 16}
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +104,22 @@ def test_bad_config_file(tmp_path):
     path.write_text('{"epochz": 3}')
     with pytest.raises(InputError, match="config.json"):
         TrainConfig.load(path)
+
+
+def test_distributed_training_under_jax(shard_dir, tmp_path):
+    """`fire-reg train --distribute` (keras.distribution.DataParallel) on the JAX backend."""
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"network": TINY_NETWORK, "epochs": 1, "steps_per_epoch": 2,
+                                  "batch_size": 4}))
+    done = subprocess.run(
+        [sys.executable, "-m", "fire_reg.cli", "train", "--data", str(shard_dir), "--out",
+         str(tmp_path / "run"), "--config", str(config), "--distribute"],
+        env={**os.environ, "KERAS_BACKEND": "jax"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["versions"]["backend"] == "jax"
+    assert (tmp_path / "run" / "model.keras").is_file()

@@ -1,0 +1,51 @@
+"""The weights shipped in the package: present, described by their card, and they register."""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from fire_reg import geometry
+from fire_reg.fire import FireDataset
+from fire_reg.registrar import Registrar, default_model_path, load_model
+
+
+@pytest.fixture(scope="module")
+def registrar():
+    return Registrar()
+
+
+def test_card_describes_the_shipped_file():
+    path = default_model_path()
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert path.stat().st_size < 8 * 2 ** 20
+    model = load_model()
+    assert card["parameters"] == model.count_params()
+    assert card["input_size"] == model.inputs[0].shape[1]
+    assert card["validation"]["summary"]["all"]["fire-reg"]["count"] > 0
+
+
+def test_network_alone_beats_the_identity_on_an_unseen_retina(small_fire, registrar):
+    """Without ECC, on the embedded set (a retina never used in training)."""
+    network_only = Registrar(registrar.model, refine=None)
+    dataset = FireDataset(small_fire)
+    for pair in dataset:
+        truth, _ = pair.ground_truth()
+        grid = geometry.grid_points(pair.size("fixed"))
+        result = network_only.register(pair.image("fixed"), pair.image("moving"))
+        error = geometry.mean_point_distance(result.matrix, truth, grid)
+        before = geometry.mean_point_distance(geometry.identity(), truth, grid)
+        assert error < 0.5 * before, (pair.id, error, before)
+
+
+def test_with_refinement_it_is_accurate(small_fire, registrar):
+    dataset = FireDataset(small_fire)
+    errors = []
+    for pair in dataset:
+        fixed_pts, moving_pts = pair.control_points()
+        result = registrar.register(pair.image("fixed"), pair.image("moving"))
+        errors.append(np.linalg.norm(geometry.apply(result.inverse, moving_pts) - fixed_pts,
+                                     axis=1).mean() * 2912 / dataset.width)
+        assert result.status == "ok"
+    assert np.median(errors) < 10, errors
