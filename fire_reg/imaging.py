@@ -86,7 +86,8 @@ def fov_mask(image: np.ndarray, threshold: int = 20) -> np.ndarray:
 
     Fundus photographs are black outside the circular aperture; holes inside it are filled.
     """
-    channel = image if image.ndim == 2 else image.max(axis=2)
+    channel = image if image.ndim == 2 else cv2.max(cv2.max(image[..., 0], image[..., 1]),
+                                                    image[..., 2])
     channel = cv2.medianBlur(np.ascontiguousarray(channel), 5)
     binary = (channel > threshold).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
@@ -117,17 +118,19 @@ def resize_to_width(image: np.ndarray, width: int) -> tuple[np.ndarray, float]:
 
 
 def vessel_map(image: np.ndarray, mask: np.ndarray | None = None,
-               work_width: int = WORK_WIDTH) -> tuple[np.ndarray, np.ndarray, float]:
+               work_width: int = WORK_WIDTH) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     """Vessel-enhanced green channel at ``work_width`` px wide.
 
     Returns (map float32 in [0, 1], mask bool, (sx, sy)) where (sx, sy) = work px / input px
     per axis (use ``geometry.rescale`` with it to move matrices between the two grids).
     """
-    if mask is None:
-        mask = fov_mask(image)
-    small, _ = resize_to_width(green(image), work_width)
-    small_mask = cv2.resize(mask.astype(np.uint8), (small.shape[1], small.shape[0]),
-                            interpolation=cv2.INTER_NEAREST).astype(bool)
+    if mask is None:  # found on the reduced colour image: the same disc, far cheaper
+        small_colour, _ = resize_to_width(image, work_width)
+        small, small_mask = green(small_colour), fov_mask(small_colour)
+    else:
+        small, _ = resize_to_width(green(image), work_width)
+        small_mask = cv2.resize(np.asarray(mask).astype(np.uint8), (small.shape[1], small.shape[0]),
+                                interpolation=cv2.INTER_NEAREST).astype(bool)
     inner = cv2.erode(small_mask.astype(np.uint8),
                       cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))).astype(bool)
     filled = small.astype(np.uint8).copy()
