@@ -121,6 +121,8 @@ class Registrar:
         self.refine = None if refine == "none" else refine
         self.work_width = work_width
         self.min_similarity = min_similarity
+        blank = np.zeros((self.size, self.size), np.float32)
+        self._predict(blank, blank)  # compile once here, so per-pair seconds are steady-state
 
     def register(self, fixed: np.ndarray, moving: np.ndarray, fixed_mask=None,
                  moving_mask=None) -> Registration:
