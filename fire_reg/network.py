@@ -293,8 +293,8 @@ def build_model(config: NetworkConfig | dict | None = None) -> keras.Model:
                        {"matrix": matrix, "warped": warped, "matches": logits}, name=MODEL_NAME)
 
 
-_GRID_UV = np.stack(np.meshgrid(np.linspace(-0.8, 0.8, 5), np.linspace(-0.8, 0.8, 5)), -1)
-GRID_POINTS = np.concatenate([_GRID_UV.reshape(-1, 2), np.ones((25, 1))], axis=1).astype("float32")
+GRID_POINTS = np.concatenate([geometry.normalized_grid(5, 0.8), np.ones((25, 1))],
+                             axis=1).astype("float32")
 """Homogeneous (25, 3) normalised points of :func:`grid_loss`: a 5x5 grid over [-0.8, 0.8]^2."""
 
 
