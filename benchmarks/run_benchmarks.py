@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/run_benchmarks.py --drive ../shared/data/drive/images --out out/bench
 
 1. Embedded set (scikit-image's retina, never used in training): `fire-reg evaluate` with the
-   shipped model next to SIFT, ORB, ECC, identity and the ground-truth affine.
+   shipped model next to SIFT, ORB, ECC, identity and the ground-truth affine; then the model
+   alone with the finer ECC polish (`--refine-width 1024`).
 2. Held-out DRIVE retinas 01-08_test (never used in training): new pairs (seed 2), same table.
 3. Throughput: `fire-reg register --batch` pairs per second on the embedded set, and training
    samples per second of the default network (batch 32) from `fire-reg train`'s log.
@@ -66,12 +67,18 @@ def main() -> None:
     fire_reg("evaluate", "--fire", out / "embedded", "--baselines", args.baselines,
              "--out", out / "eval_embedded")
     figures["embedded"] = json.loads((out / "eval_embedded" / "results.json").read_text())["summary"]
+    fire_reg("evaluate", "--fire", out / "embedded", "--baselines", "", "--refine-width", "1024",
+             "--out", out / "eval_embedded_fine")
+    figures["embedded_fine"] = json.loads(
+        (out / "eval_embedded_fine" / "results.json").read_text())["summary"]
 
     if args.drive:
         fire_reg("data", "embedded", "--images", args.drive, "--select", "0[1-8]_test.tif",
                  "--per-image", "S2,P3,A1", "--seed", "2", "--out", out / "drive_heldout")
         fire_reg("evaluate", "--fire", out / "drive_heldout", "--baselines", args.baselines,
                  "--out", out / "eval_drive_heldout")
+        fire_reg("evaluate", "--fire", out / "drive_heldout", "--baselines", "", "--refine",
+                 "none", "--out", out / "eval_drive_heldout_network_only")
         figures["drive_heldout"] = json.loads(
             (out / "eval_drive_heldout" / "results.json").read_text())["summary"]
 

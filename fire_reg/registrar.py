@@ -10,7 +10,10 @@ Steps, for images of any size and aspect:
    onto the estimate. Each pass has two candidates from the same forward pass, the regression
    heads and a RANSAC fit to the network's own cell matches; the better-aligning one is kept.
 3. Optional local refinement: OpenCV ECC (:func:`fire_reg.baselines.ecc_on_maps`) started from
-   the network's answer; kept only when it raises the vessel-map similarity.
+   the network's answer on the working maps (3-level pyramid), then, when ``refine_width`` is
+   set (e.g. 1024) and the images are wider than 1.5x the working width, once more on vessel
+   maps at that width (more accurate, about 3x slower); each step is kept only when it raises
+   the vessel-map similarity.
 4. Trust: the normalised cross-correlation of the vessel maps inside the common field of view
    after warping; below ``min_similarity`` the status is "suspect" with the reason.
 
@@ -112,7 +115,8 @@ class Registrar:
     """Registers pairs of fundus photographs with the learned network (+ optional ECC)."""
 
     def __init__(self, model=None, iterations: int = 2, refine: str | None = "ecc",
-                 work_width: int = imaging.WORK_WIDTH, min_similarity: float = 0.15):
+                 work_width: int = imaging.WORK_WIDTH, refine_width: int | None = None,
+                 min_similarity: float = 0.15):
         if refine not in (None, "none", "ecc"):
             raise ValueError(f"refine must be 'ecc' or None, got {refine!r}")
         self.model = model if hasattr(model, "predict") else load_model(model)
@@ -120,6 +124,7 @@ class Registrar:
         self.iterations = max(1, int(iterations))
         self.refine = None if refine == "none" else refine
         self.work_width = work_width
+        self.refine_width = refine_width
         self.min_similarity = min_similarity
         blank = np.zeros((self.size, self.size), np.float32)
         self._predict(blank, blank)  # compile once here, so per-pair seconds are steady-state
@@ -128,32 +133,33 @@ class Registrar:
                  moving_mask=None) -> Registration:
         """Register two BGR (or gray) images; the matrix is in these images' pixels."""
         start = time.perf_counter()
-        fixed_map, fixed_fov, fixed_scale = imaging.vessel_map(fixed, fixed_mask, self.work_width)
-        moving_map, moving_fov, moving_scale = imaging.vessel_map(moving, moving_mask,
-                                                                  self.work_width)
-        to_full = lambda m: geometry.rescale(  # noqa: E731
-            m, 1 / np.asarray(fixed_scale), 1 / np.asarray(moving_scale))
-        work = self._network_estimate(fixed_map, fixed_fov, moving_map, moving_fov)
-        stages = {"network": to_full(work)}
-        similarity = warped_similarity(fixed_map, fixed_fov, moving_map, moving_fov, work)
-        reason = "network"
+        work_maps = _maps(fixed, moving, fixed_mask, moving_mask, self.work_width)
+        network_px = work_maps.to_full(self._network_estimate(*work_maps.arrays))
+        stages, matrix, reason = {"network": network_px}, network_px, "network"
         if self.refine == "ecc":
             from fire_reg import baselines
 
-            refined = baselines.ecc_on_maps(fixed_map, fixed_fov, moving_map, moving_fov, work)
-            if refined.ok:
-                refined_similarity = warped_similarity(fixed_map, fixed_fov, moving_map,
-                                                       moving_fov, refined.matrix)
-                if refined_similarity >= similarity:
-                    work, similarity, reason = refined.matrix, refined_similarity, "network + ECC"
-                    stages["ecc"] = to_full(work)
-            else:
-                reason = f"network (ECC refinement rejected: {refined.reason})"
+            fine_width = min(self.refine_width or 0, fixed.shape[1], moving.shape[1])
+            steps = [(work_maps, {"levels": 3})]  # then a short polish at the finer width
+            if fine_width >= 1.5 * self.work_width:
+                steps.append((_maps(fixed, moving, fixed_mask, moving_mask, fine_width),
+                              {"levels": 1, "iterations": 20, "epsilon": 1e-4}))
+            for maps, options in steps:
+                current = maps.to_maps(matrix)
+                refined = baselines.ecc_on_maps(*maps.arrays, current, **options)
+                if not refined.ok:
+                    reason += f" (ECC at {maps.width} px rejected: {refined.reason})"
+                    break
+                if maps.similarity(refined.matrix) < maps.similarity(current):
+                    break
+                matrix = stages[f"ecc_{maps.width}px"] = maps.to_full(refined.matrix)
+                reason = "network + ECC"
+        similarity = work_maps.similarity(work_maps.to_maps(matrix))
         status = "ok" if similarity >= self.min_similarity else "suspect"
         if status == "suspect":
             reason = (f"{reason}; vessel similarity {similarity:.3f} after warping is below "
                       f"{self.min_similarity}")
-        return Registration(matrix=to_full(work), status=status, reason=reason,
+        return Registration(matrix=matrix, status=status, reason=reason,
                             seconds=time.perf_counter() - start, similarity=similarity,
                             fixed_size=(fixed.shape[1], fixed.shape[0]),
                             moving_size=(moving.shape[1], moving.shape[0]), stages=stages)
@@ -213,6 +219,43 @@ class Registrar:
                          for name, m in result.stages.items()}
         result.fixed_size, result.moving_size = tuple(fixed_size), tuple(moving_size)
         return result
+
+
+@dataclass
+class _VesselMaps:
+    """Vessel maps and fields of view of a pair at one working width, with the per-axis
+    scales from the original images (``fire_reg.imaging.vessel_map``)."""
+
+    fixed: np.ndarray
+    fixed_fov: np.ndarray
+    moving: np.ndarray
+    moving_fov: np.ndarray
+    fixed_scale: tuple[float, float]
+    moving_scale: tuple[float, float]
+    width: int
+
+    @property
+    def arrays(self):
+        return self.fixed, self.fixed_fov, self.moving, self.moving_fov
+
+    def to_maps(self, matrix_px):
+        """Original-pixel matrix -> matrix between these maps."""
+        return geometry.rescale(matrix_px, self.fixed_scale, self.moving_scale)
+
+    def to_full(self, matrix_maps):
+        """Matrix between these maps -> original-pixel matrix."""
+        return geometry.rescale(matrix_maps, 1 / np.asarray(self.fixed_scale),
+                                1 / np.asarray(self.moving_scale))
+
+    def similarity(self, matrix_maps) -> float:
+        return warped_similarity(*self.arrays, matrix_maps)
+
+
+def _maps(fixed, moving, fixed_mask, moving_mask, width: int) -> _VesselMaps:
+    fixed_map, fixed_fov, fixed_scale = imaging.vessel_map(fixed, fixed_mask, width)
+    moving_map, moving_fov, moving_scale = imaging.vessel_map(moving, moving_mask, width)
+    return _VesselMaps(fixed_map, fixed_fov, moving_map, moving_fov, fixed_scale, moving_scale,
+                       width)
 
 
 def warped_similarity(fixed_map, fixed_fov, moving_map, moving_fov, matrix) -> float:

@@ -50,6 +50,20 @@ def test_identity_model_with_ecc_recovers_small_motion(small_fire):
     assert np.asarray(record["inverse"]).shape == (2, 3)
 
 
+def test_fine_refinement_at_a_larger_width(small_fire):
+    """With refine_width the ECC polish runs on finer maps and is recorded as a stage."""
+    pair = FireDataset(small_fire)["S02"]
+    registrar = Registrar(constant_model(0.0), iterations=1, refine="ecc", work_width=128,
+                          refine_width=384)
+    result = registrar.register(pair.image("fixed"), pair.image("moving"))
+    truth, _ = pair.ground_truth()
+    grid = geometry.grid_points(pair.size("fixed"))
+    assert "ecc_384px" in result.stages and "ecc_128px" in result.stages
+    assert geometry.mean_point_distance(result.matrix, truth, grid) < \
+        geometry.mean_point_distance(result.stages["ecc_128px"], truth, grid) + 0.05
+    assert geometry.mean_point_distance(result.matrix, truth, grid) < 1.0
+
+
 def test_unrelated_images_are_suspect_not_an_exception():
     rng = np.random.default_rng(0)
     fixed = (rng.uniform(size=(256, 256, 3)) * 255).astype(np.uint8)
