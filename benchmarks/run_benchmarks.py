@@ -6,7 +6,8 @@
    shipped model next to SIFT, ORB, ECC, identity and the ground-truth affine; then the model
    alone with the finer ECC polish (`--refine-width 1024`).
 2. Held-out DRIVE retinas 01-08_test (never used in training): new pairs (seed 2), same table.
-3. Throughput: `fire-reg register --batch` pairs per second on the embedded set, and training
+3. Backends: S01 registered under TensorFlow, JAX and PyTorch (largest corner difference).
+4. Throughput: `fire-reg register --batch` pairs per second on the embedded set, and training
    samples per second of the default network (batch 32) from `fire-reg train`'s log.
 Every number is printed by the commands it runs; the summary goes to OUT/benchmarks.json.
 """
@@ -14,18 +15,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 FIRE_REG = [sys.executable, "-m", "fire_reg.cli"]
 
 
-def fire_reg(*args) -> str:
+def fire_reg(*args, backend: str | None = None) -> str:
     """Run one fire-reg command, echo it and its output; return stdout."""
-    print("$ fire-reg " + " ".join(map(str, args)), flush=True)
-    done = subprocess.run([*FIRE_REG, *map(str, args)], capture_output=True, text=True)
+    env = {**os.environ, "KERAS_BACKEND": backend} if backend else None
+    print(("" if backend is None else f"KERAS_BACKEND={backend} ") + "$ fire-reg "
+          + " ".join(map(str, args)), flush=True)
+    done = subprocess.run([*FIRE_REG, *map(str, args)], capture_output=True, text=True, env=env)
     if done.returncode:
         sys.exit(f"command failed ({done.returncode}): {done.stderr.strip()}")
     print(done.stdout, flush=True)
@@ -34,8 +40,6 @@ def fire_reg(*args) -> str:
 
 def training_throughput(shards: Path, batch_size: int = 32, steps: int = 20) -> float:
     """Samples per second of training steps (default network and losses, after warm-up)."""
-    import numpy as np
-
     from fire_reg import network
     from fire_reg.trainer import ShardStream, TrainConfig, Trainer, make_batches
 
@@ -81,6 +85,20 @@ def main() -> None:
                  "none", "--out", out / "eval_drive_heldout_network_only")
         figures["drive_heldout"] = json.loads(
             (out / "eval_drive_heldout" / "results.json").read_text())["summary"]
+
+    corners = {}
+    for backend in ("tensorflow", "jax", "torch"):
+        folder = out / f"backend_{backend}"
+        fire_reg("register", out / "embedded" / "Images" / "S01_1.jpg",
+                 out / "embedded" / "Images" / "S01_2.jpg", "--out", folder, backend=backend)
+        record = json.loads((folder / "transform.json").read_text())
+        width, height = record["fixed_size"]
+        box = np.array([[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1],
+                        [width - 1, height - 1, 1]], float).T
+        corners[backend] = np.array(record["matrix"]) @ box
+    figures["backend_max_corner_difference_px"] = max(
+        float(np.abs(c - corners["tensorflow"]).max()) for c in corners.values())
+    print(f"backends: image corners agree within {figures['backend_max_corner_difference_px']:.2g} px")
 
     start = time.perf_counter()
     fire_reg("register", "--batch", out / "embedded", "--out", out / "batch")
