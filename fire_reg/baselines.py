@@ -194,17 +194,16 @@ def ecc_on_maps(fixed_map, fixed_fov, moving_map, moving_fov, init_matrix, level
     for level in range(levels - 1, -1, -1):
         (fixed_small, fixed_small_mask), (moving_small, moving_small_mask) = \
             fixed_levels[level], moving_levels[level]
-        to_f = imaging.axis_scales(fixed_map.shape, fixed_small.shape)
-        to_m = imaging.axis_scales(moving_map.shape, moving_small.shape)
-        warp = geometry.rescale(matrix, to_f, to_m).astype(np.float32)
+        step = geometry.as_3x3(imaging.PYRDOWN_STEP)
+        to_level = np.linalg.matrix_power(step, level)  # finest px -> this level's px
+        warp = geometry.compose(to_level, matrix, np.linalg.inv(to_level)).astype(np.float32)
         try:
             rho, warp = _ecc_call(fixed_small, moving_small, fixed_small_mask, moving_small_mask,
                                   warp, criteria)
         except cv2.error as error:
             return _failed(f"ECC did not converge at pyramid level {level} "
                            f"({fixed_small.shape[1]} px wide): {_cv_message(error)}")
-        matrix = geometry.rescale(warp.astype(np.float64), 1.0 / np.array(to_f),
-                                  1.0 / np.array(to_m))
+        matrix = geometry.compose(np.linalg.inv(to_level), warp.astype(np.float64), to_level)
     if rho < MIN_ECC_CORRELATION:
         return _failed(f"ECC correlation {rho:.3f} < {MIN_ECC_CORRELATION} after warping")
     return Result(matrix, "ok", f"ECC correlation {rho:.3f}")

@@ -104,8 +104,11 @@ class DatasetCreator:
         self.dataset = FireDataset(fire_root)
         self.out_dir = Path(out_dir)
         self.config = config or PrepareConfig()
-        if self.config.per_pair < 1 or self.config.shard_size < 1 or self.config.patch_size < 16:
-            raise ValueError("per_pair and shard_size must be >= 1 and patch_size >= 16")
+        if self.config.per_pair < 1 or self.config.shard_size < 1:
+            raise InputError("--per-pair/--shard-size", "must be at least 1")
+        if self.config.patch_size < 16 or self.config.patch_size % 8:
+            raise InputError("--patch-size", "must be a multiple of 8 and at least 16 (the "
+                             f"network works on an S/8 cell grid), got {self.config.patch_size}")
 
     @property
     def total(self) -> int:

@@ -112,6 +112,10 @@ class FirePair:
         """(W, H) in pixels of the image, read from the file header."""
         return imaging.image_size(self.path(which))
 
+    def scale_to_fire(self) -> float:
+        """Factor from this pair's fixed-image pixels to FIRE-equivalent pixels (2912 / width)."""
+        return FIRE_WIDTH / self.size("fixed")[0]
+
     def ground_truth(self) -> tuple[np.ndarray, np.ndarray]:
         """Least-squares affine of the control points (cached).
 
@@ -256,10 +260,6 @@ class FireDataset:
     def width(self) -> int:
         """Width in pixels of the first pair's fixed image (file header)."""
         return next(iter(self)).size("fixed")[0]
-
-    def scale_to_fire(self) -> float:
-        """Factor from this set's pixels to FIRE-equivalent pixels (2912 / width)."""
-        return FIRE_WIDTH / self.width
 
     def mask(self) -> np.ndarray | None:
         """Field-of-view mask from Masks/mask.png as a bool (H, W) array, or None if absent."""

@@ -20,6 +20,8 @@ import numpy as np
 from fire_reg import geometry
 from fire_reg.errors import InputError
 
+PYRDOWN_STEP = np.array([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]])
+"""Pixel map of one ``cv2.pyrDown`` level: x_small = x / 2 (pyrDown keeps the even pixels)."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".ppm", ".gif")
 WORK_WIDTH = 512
 
@@ -72,8 +74,16 @@ def image_size(path) -> tuple[int, int]:
             return handle.size
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
-    except (UnidentifiedImageError, OSError):
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
         raise InputError(path, "not a readable image (corrupt or unsupported format)") from None
+
+
+def read_for_width(path, width: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """Decode an image at a reduced size that keeps at least ``width`` px (fast JPEG decode);
+    returns (BGR image, (sx, sy) from original px to decoded px for ``geometry.rescale``)."""
+    full = image_size(path)
+    image = read_image(path, decode_reduction(full[0], width))
+    return image, axis_scales(full[::-1], image.shape)
 
 
 def green(image: np.ndarray) -> np.ndarray:
@@ -82,7 +92,7 @@ def green(image: np.ndarray) -> np.ndarray:
 
 
 def fov_mask(image: np.ndarray, threshold: int = 20) -> np.ndarray:
-    """Boolean field-of-view mask: the largest bright region of the red/luminance channel.
+    """Boolean field-of-view mask: the largest bright region of max(B, G, R).
 
     Fundus photographs are black outside the circular aperture; holes inside it are filled.
     """
@@ -157,8 +167,8 @@ def resample(image: np.ndarray, matrix_out_to_in, out_size,
     image = np.ascontiguousarray(image)
     shrink = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
     while shrink >= 2.0 and min(image.shape[:2]) >= 8:
-        image = cv2.pyrDown(image)
-        matrix = geometry.rescale(matrix, 1.0, 0.5)
+        image = cv2.pyrDown(image)  # output pixel i is centred on input pixel 2i
+        matrix = geometry.compose(PYRDOWN_STEP, matrix)
         shrink /= 2.0
     return cv2.warpAffine(image, matrix, tuple(int(v) for v in out_size),
                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,

@@ -51,6 +51,10 @@ class NetworkConfig:
 
     def __post_init__(self):
         self.encoder_channels = tuple(int(c) for c in self.encoder_channels)
+        if self.input_size < 16 or self.input_size % 8:
+            raise ValueError(f"input_size must be a multiple of 8 and >= 16, got {self.input_size}")
+        if len(self.encoder_channels) < 3:
+            raise ValueError("encoder_channels needs at least 3 entries (three stride-2 convs)")
 
     def to_dict(self) -> dict:
         """Plain-JSON dictionary (tuples as lists)."""

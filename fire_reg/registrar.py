@@ -31,11 +31,10 @@ import numpy as np
 from fire_reg import geometry, imaging
 from fire_reg.errors import InputError
 
-MODEL_NAME = "fire_reg_affine"
-
-
 def default_model_path() -> Path:
     """The weights shipped inside the package."""
+    from fire_reg.network import MODEL_NAME
+
     return Path(str(resources.files("fire_reg") / "weights" / f"{MODEL_NAME}.keras"))
 
 
@@ -46,7 +45,7 @@ def load_model(path=None):
     """
     import keras
 
-    from fire_reg import network  # noqa: F401  (registers the custom layers)
+    from fire_reg.network import MODEL_NAME  # also registers the custom layers
 
     path = Path(path) if path is not None else default_model_path()
     if not path.is_file():
@@ -202,21 +201,18 @@ class Registrar:
         outputs = self.model.predict_on_batch(batch)  # compiled once, then fast
         return np.asarray(outputs["matrix"][0], np.float64), np.asarray(outputs["matches"][0])
 
-    def register_files(self, fixed_path, moving_path, fast_decode: bool = True) -> Registration:
-        """Register two image files; with ``fast_decode`` JPEGs are decoded at reduced size
-        (never below the working width) and the matrix is returned in original pixels."""
-        fixed_size = imaging.image_size(fixed_path)
-        moving_size = imaging.image_size(moving_path)
-        reduce = imaging.decode_reduction(min(fixed_size[0], moving_size[0]), self.work_width) \
-            if fast_decode else 1
-        fixed = imaging.read_image(fixed_path, reduce)
-        moving = imaging.read_image(moving_path, reduce)
+    def register_files(self, fixed_path, moving_path) -> Registration:
+        """Register two image files, decoded at reduced size where the work needs no more
+        (JPEG: 1/2, 1/4, 1/8); the matrix is returned in the files' original pixels."""
+        width = max(self.work_width, self.refine_width or 0)
+        fixed, fixed_scale = imaging.read_for_width(fixed_path, width)
+        moving, moving_scale = imaging.read_for_width(moving_path, width)
         result = self.register(fixed, moving)
-        fixed_scale = fixed.shape[1] / fixed_size[0]
-        moving_scale = moving.shape[1] / moving_size[0]
-        result.matrix = geometry.rescale(result.matrix, fixed_scale ** -1, moving_scale ** -1)
-        result.stages = {name: geometry.rescale(m, fixed_scale ** -1, moving_scale ** -1)
-                         for name, m in result.stages.items()}
+        to_full = lambda m: geometry.rescale(  # noqa: E731
+            m, 1 / np.asarray(fixed_scale), 1 / np.asarray(moving_scale))
+        result.matrix = to_full(result.matrix)
+        result.stages = {name: to_full(m) for name, m in result.stages.items()}
+        fixed_size, moving_size = imaging.image_size(fixed_path), imaging.image_size(moving_path)
         result.fixed_size, result.moving_size = tuple(fixed_size), tuple(moving_size)
         return result
 

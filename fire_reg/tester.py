@@ -24,12 +24,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fire_reg import baselines, geometry, imaging, metrics, visualize
-from fire_reg.errors import write_json, write_text
-from fire_reg.fire import FireDataset
+from fire_reg.errors import InputError, write_json, write_text
+from fire_reg.fire import FIRE_WIDTH, PUBLISHED_EXCLUDE, FireDataset
 
 MODEL_METHOD = "fire-reg"
-BASELINE_WIDTH = 1024
-PUBLISHED_EXCLUSION = ("P37",)
+DECODE_WIDTH = 1024  # images are decoded at no less than this width (SIFT/ORB work at 1024 px)
 
 
 class Tester:
@@ -42,7 +41,8 @@ class Tester:
         self.registrar = registrar
         unknown = [name for name in baseline_names if name not in baselines.METHODS]
         if unknown:
-            raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(baselines.METHODS)}")
+            raise InputError("--baselines", f"unknown baseline(s) {unknown}; choose from "
+                             f"{', '.join(sorted(baselines.METHODS))}")
         self.baseline_names = [name for name in baseline_names if name != "identity"]
         self.overlays = overlays
         self.progress = progress
@@ -71,11 +71,9 @@ class Tester:
 
     def _score_pair(self, pair) -> dict:
         fixed_pts, moving_pts = pair.control_points()
-        full = pair.size("fixed"), pair.size("moving")
-        reduce = imaging.decode_reduction(min(full[0][0], full[1][0]), BASELINE_WIDTH)
-        fixed, moving = pair.image("fixed", reduce), pair.image("moving", reduce)
-        scales = fixed.shape[1] / full[0][0], moving.shape[1] / full[1][0]
-        to_fire = self.dataset.scale_to_fire()
+        fixed, fixed_scale = imaging.read_for_width(pair.fixed_path, DECODE_WIDTH)
+        moving, moving_scale = imaging.read_for_width(pair.moving_path, DECODE_WIDTH)
+        to_fire = pair.scale_to_fire()
         entries = {}
         for method in self.methods:
             if method == "ground-truth":
@@ -87,7 +85,8 @@ class Tester:
                     result = self.registrar.register(fixed, moving)
                 else:
                     result = baselines.run(method, fixed, moving)
-                entry = {"matrix": geometry.rescale(result.matrix, 1 / scales[0], 1 / scales[1]),
+                entry = {"matrix": geometry.rescale(result.matrix, 1 / np.asarray(fixed_scale),
+                                                    1 / np.asarray(moving_scale)),
                          "seconds": result.seconds, "status": result.status,
                          "reason": result.reason}
             errors = metrics.pair_error(entry["matrix"], fixed_pts, moving_pts) * to_fire
@@ -101,8 +100,8 @@ class Tester:
 
     def _results(self, pairs: dict) -> dict:
         scopes = {"all": list(pairs)}
-        if any(pid in pairs for pid in PUBLISHED_EXCLUSION) and self.dataset.width == 2912:
-            scopes["without_P37"] = [pid for pid in pairs if pid not in PUBLISHED_EXCLUSION]
+        if any(pid in pairs for pid in PUBLISHED_EXCLUDE) and self.dataset.width == FIRE_WIDTH:
+            scopes["without_P37"] = [pid for pid in pairs if pid not in PUBLISHED_EXCLUDE]
         summary = {}
         for scope, ids in scopes.items():
             summary[scope] = {}
@@ -118,8 +117,8 @@ class Tester:
 
         return {"dataset": str(self.dataset.root), "maps": "fixed_xy_to_moving_xy",
                 "matrix_units": "pixels of the original images",
-                "units": "FIRE-equivalent pixels "
-                f"(error x 2912 / {self.dataset.width})", "methods": self.methods,
+                "units": f"FIRE-equivalent pixels (error x {FIRE_WIDTH} / width of the "
+                         "pair's fixed image)", "methods": self.methods,
                 "pairs": pairs, "summary": summary,
                 "machine": {"python": platform.python_version(), "keras": keras.__version__,
                             "backend": keras.backend.backend(), "processor": platform.machine()}}

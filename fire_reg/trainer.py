@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fire_reg import geometry
+from fire_reg import geometry, imaging
 from fire_reg.dataset_creator import INFO_COLUMNS, load_manifest
 from fire_reg.errors import InputError, write_json
 
@@ -58,13 +58,16 @@ class TrainConfig:
     @classmethod
     def load(cls, path) -> "TrainConfig":
         """Read a JSON config file (unknown keys are an InputError)."""
+        from fire_reg.network import NetworkConfig
+
         path = Path(path)
         try:
-            values = json.loads(path.read_text())
-            return cls(**values)
+            config = cls(**json.loads(path.read_text()))
+            NetworkConfig.from_dict(config.network)
+            return config
         except FileNotFoundError:
             raise InputError(path, "config file not found") from None
-        except (json.JSONDecodeError, TypeError) as error:
+        except (json.JSONDecodeError, TypeError, ValueError) as error:
             raise InputError(path, f"not a valid training config ({error})") from None
 
 
@@ -75,9 +78,9 @@ class ShardStream:
         self.shard_dir = Path(shard_dir)
         self.manifest = load_manifest(self.shard_dir)
         self.patch_size = int(self.manifest["patch_size"])
-        parts = ("fixed", "moving", "target", "info")
-        self.shards = [{part: np.load(self.shard_dir / f"{s['name']}_{part}.npy", mmap_mode="r")
-                        for part in parts} for s in self.manifest["shards"]]
+        self.shards = [{part: _open_shard(self.shard_dir / f"{s['name']}_{part}.npy")
+                        for part in ("fixed", "moving", "target", "info")}
+                       for s in self.manifest["shards"]]
         counts = [len(s["target"]) for s in self.shards]
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
         self.info = np.concatenate([s["info"] for s in self.shards]) if self.shards else np.zeros(
@@ -103,6 +106,14 @@ class ShardStream:
             moving[rows[order]] = data["moving"][local[order]] / 255.0
             target[rows[order]] = data["target"][local[order]]
         return fixed[..., None], moving[..., None], target
+
+
+def _open_shard(path: Path) -> np.ndarray:
+    """Memory-map one shard array; InputError when it is not a readable .npy file."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as error:
+        raise InputError(path, f"not a readable shard ({error})") from None
 
 
 def _square_symmetries() -> list[np.ndarray]:
@@ -201,8 +212,9 @@ def make_batches(stream: ShardStream, indices: np.ndarray, config: TrainConfig, 
                 targets["warped"] = fixed
             return {"fixed": fixed, "moving": moving}, targets
 
-        def on_epoch_end(self):
-            self.epoch += 1
+        def set_epoch(self, epoch: int):
+            """Order and curriculum of ``epoch`` (also right after a resume)."""
+            self.epoch = epoch
             self.order = self._order()
 
     return Batches()
@@ -289,10 +301,14 @@ class Trainer:
         validation = (make_batches(val_stream, val_indices, self.config, training=False)
                       if len(val_indices) else None)
         monitor = "val_loss" if validation is not None else "loss"
+        best_so_far = [row[monitor] for row in _read_log(self.out_dir / "log.csv")
+                       if monitor in row] if resume else []
         callbacks = [
             keras.callbacks.BackupAndRestore(str(backup)),
+            keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: train.set_epoch(epoch)),
             keras.callbacks.ModelCheckpoint(str(self.out_dir / "model.keras"), monitor=monitor,
-                                            save_best_only=True),
+                                            save_best_only=True,
+                                            initial_value_threshold=min(best_so_far, default=None)),
             keras.callbacks.ModelCheckpoint(str(self.out_dir / "last.keras")),
             keras.callbacks.CSVLogger(str(self.out_dir / "log.csv"), append=resume),
             keras.callbacks.EarlyStopping(monitor=monitor,
@@ -360,7 +376,7 @@ def _distribution_scope(distribute: bool):
     raise InputError("--distribute", f"not supported on the {backend} backend; use jax or tensorflow")
 
 
-def export_model(run_dir, out_dir, validation_results=None, name: str = "fire_reg_affine"):
+def export_model(run_dir, out_dir, validation_results=None):
     """Write a run's best model without optimizer state, plus its JSON card, to ``out_dir``.
 
     The card holds the input size, preprocessing, the run's config and command, the number of
@@ -369,16 +385,15 @@ def export_model(run_dir, out_dir, validation_results=None, name: str = "fire_re
     """
     import hashlib
 
-    import keras
-
-    from fire_reg import network  # noqa: F401  (registers the custom layers)
     from fire_reg.errors import atomic_path
+    from fire_reg.network import MODEL_NAME as name
+    from fire_reg.registrar import load_model
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     for needed in ("model.keras", "config.json"):
         if not (run_dir / needed).is_file():
             raise InputError(run_dir / needed, "not found: is this a `fire-reg train` run folder?")
-    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    model = load_model(run_dir / "model.keras")
     model_path = out_dir / f"{name}.keras"
     with atomic_path(model_path) as tmp:
         model.save(tmp)
@@ -387,16 +402,21 @@ def export_model(run_dir, out_dir, validation_results=None, name: str = "fire_re
         "model": model_path.name, "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
         "parameters": int(model.count_params()),
         "input_size": record["config"]["network"]["input_size"],
-        "preprocessing": "fire_reg.imaging.vessel_map at 512 px wide (green channel, CLAHE, "
-                         "black top-hat, [0, 1], zero outside the aperture), letterboxed",
+        "preprocessing": f"fire_reg.imaging.vessel_map at {imaging.WORK_WIDTH} px wide (green "
+                         "channel, CLAHE, black top-hat, [0, 1], zero outside the aperture), "
+                         "letterboxed",
         "output": "2x3 matrix, normalised input coordinates, fixed -> moving",
         "training": record,
         "log": _read_log(run_dir / "log.csv"),
     }
     if validation_results:
-        results = json.loads(Path(validation_results).read_text())
-        card["validation"] = {"dataset": results["dataset"], "units": results["units"],
-                              "summary": results["summary"]}
+        try:
+            results = json.loads(Path(validation_results).read_text())
+            card["validation"] = {"dataset": results["dataset"], "units": results["units"],
+                                  "summary": results["summary"]}
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise InputError(validation_results, "not a results.json of `fire-reg evaluate` "
+                             f"({type(error).__name__}: {error})") from None
     write_json(out_dir / f"{name}.json", card)
     return model_path
 

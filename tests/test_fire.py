@@ -89,7 +89,7 @@ def test_images_sizes_mask_and_scale(tmp_path):
     assert pair.green("fixed").shape == (SIZE[1], SIZE[0])
     assert pair.image("fixed", reduce=2).shape == (SIZE[1] // 2, SIZE[0] // 2, 3)
     assert pair.size("fixed") == SIZE and data.width == SIZE[0]
-    assert data.scale_to_fire() == pytest.approx(2912 / SIZE[0])
+    assert pair.scale_to_fire() == pytest.approx(2912 / SIZE[0])
     pair.check()
     assert data.mask() is None
     mask = np.zeros((SIZE[1], SIZE[0]), np.uint8)
