@@ -116,7 +116,8 @@ def register_pair(registrar, fixed_path, moving_path, out_dir):
     out_dir = Path(out_dir)
     warped = visualize.warp_to_fixed(moving, result.matrix, result.fixed_size)
     with atomic_path(out_dir / "warped.png") as tmp:
-        cv2.imwrite(str(tmp), warped)
+        if not cv2.imwrite(str(tmp), warped):
+            raise OSError(f"could not write {out_dir / 'warped.png'}")
     visualize.save_overlay_panel(out_dir / "overlay.png", fixed, moving, result.matrix,
                                  title=f"{Path(moving_path).name} -> {Path(fixed_path).name}: "
                                        f"{result.status}")
@@ -128,21 +129,41 @@ def register_pair(registrar, fixed_path, moving_path, out_dir):
 
 
 def _batch_pairs(source) -> list[tuple[str, Path, Path]]:
-    """(id, fixed, moving) from a CSV list or a FIRE-layout folder."""
+    """(id, fixed, moving) from a CSV list (header fixed,moving[,id]; paths relative to the CSV)
+    or a FIRE-layout folder (Images/<ID>_1.*, Images/<ID>_2.*; control points not needed)."""
+    from fire_reg import imaging
+
     source = Path(source)
     if source.is_dir():
-        from fire_reg.fire import FireDataset
-
-        return [(p.id, p.fixed_path, p.moving_path) for p in FireDataset(source)]
-    if not source.is_file():
+        sides: dict[str, dict[str, Path]] = {}
+        for path in sorted((source / "Images").glob("*_[12].*")):
+            if path.suffix.lower() in imaging.IMAGE_SUFFIXES:
+                sides.setdefault(path.stem[:-2], {})[path.stem[-1]] = path
+        pairs = [(pid, found["1"], found["2"]) for pid, found in sides.items()
+                 if set(found) == {"1", "2"}]
+        if not pairs:
+            raise InputError(source, "no pairs found: expected Images/<ID>_1.* and Images/<ID>_2.*")
+    elif source.is_file():
+        with open(source, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not {"fixed", "moving"} <= set(reader.fieldnames or ()):
+                raise InputError(source, "batch CSV needs a header with columns fixed,moving[,id]")
+            rows = list(reader)
+        pairs = []
+        for line, row in enumerate(rows, start=2):
+            if not row.get("fixed") or not row.get("moving"):
+                raise InputError(source, f"line {line}: needs both a fixed and a moving image")
+            pairs.append((row.get("id") or f"pair{line - 1:04d}", source.parent / row["fixed"],
+                          source.parent / row["moving"]))
+    else:
         raise InputError(source, "batch list not found")
-    with open(source, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or not {"fixed", "moving"} <= set(rows[0]):
-        raise InputError(source, "batch CSV needs a header with columns fixed,moving[,id]")
-    base = source.parent
-    return [(row.get("id") or f"pair{i:04d}", base / row["fixed"], base / row["moving"])
-            for i, row in enumerate(rows)]
+    ids = [pid for pid, _, _ in pairs]
+    for pid in ids:
+        if Path(pid).name != pid or pid in ("", ".", ".."):
+            raise InputError(source, f"pair id {pid!r} is not a plain folder name")
+        if ids.count(pid) > 1:
+            raise InputError(source, f"pair id {pid!r} appears twice")
+    return pairs
 
 
 def cmd_register(args) -> int:
@@ -154,10 +175,11 @@ def cmd_register(args) -> int:
         pairs = [(None, Path(args.fixed), Path(args.moving))]
     else:
         raise InputError("register", "needs FIXED and MOVING images, or --batch LIST")
-    for _, fixed, moving in pairs:
-        for path in (fixed, moving):
-            if not Path(path).is_file():
-                raise InputError(path, "image not found")
+    from fire_reg import imaging
+
+    for _, fixed, moving in pairs:  # every header checked before the model loads
+        imaging.image_size(fixed)
+        imaging.image_size(moving)
     registrar = _registrar(args)
     from tqdm.auto import tqdm
 
@@ -227,17 +249,14 @@ def cmd_prepare(args) -> int:
     return 0
 
 
-def _category_counts(text):
-    """'S2,P2,A1' -> {'S': 2, 'P': 2, 'A': 1}; None stays None."""
+def _parse_per_image(text):
+    """'S2,P2,A1' -> {'S': 2, 'P': 2, 'A': 1} (checked by make_embedded_set); None stays None."""
     if not text:
         return None
     try:
-        counts = {item.strip()[0].upper(): int(item.strip()[1:]) for item in text.split(",")}
+        return {item.strip()[0].upper(): int(item.strip()[1:]) for item in text.split(",")}
     except (ValueError, IndexError):
         raise InputError("--per-image", f"expected counts like S2,P2,A1, got {text!r}") from None
-    if not set(counts) <= {"S", "P", "A"}:
-        raise InputError("--per-image", f"categories are S, P and A, got {text!r}")
-    return counts
 
 
 def cmd_data(args) -> int:
@@ -246,7 +265,7 @@ def cmd_data(args) -> int:
 
         summary = make_embedded_set(args.out, images=args.images, seed=args.seed, size=args.size,
                                     select=tuple(args.select or ("*",)),
-                                    categories=_category_counts(args.per_image))
+                                    categories=_parse_per_image(args.per_image))
         print(f"wrote {len(summary['pairs'])} pairs to {args.out}")
         return 0
     from fire_reg import fire

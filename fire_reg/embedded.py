@@ -45,9 +45,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fire_reg import geometry, imaging
+from fire_reg.fire import CATEGORIES
 from fire_reg.errors import InputError, atomic_path, write_json, write_text
 
-CATEGORIES = ("S", "P", "A")
 DEFAULT_SINGLE = {"S": 6, "P": 4, "A": 2}
 DEFAULT_FOLDER = {"S": 2, "P": 2, "A": 1}
 DEFAULT_SOURCE_NAME = "skimage.data.retina"
@@ -103,7 +103,9 @@ def make_embedded_set(out_dir, images=None, pairs_per_image=None, categories=Non
     counts = _category_counts(categories, pairs_per_image,
                               DEFAULT_SINGLE if paths is None else DEFAULT_FOLDER)
     if size is not None and int(size) < 32:
-        raise ValueError(f"size must be at least 32 px, got {size}")
+        raise InputError("--size", f"must be at least 32 px, got {size}")
+    _refuse_other_set(out_dir, seed, size, counts,
+                      [DEFAULT_SOURCE_NAME] if paths is None else [p.name for p in paths])
     n_sources = 1 if paths is None else len(paths)
     digits = 2 if max(counts.values()) * n_sources <= 99 else 3
     numbers = dict.fromkeys(CATEGORIES, 0)
@@ -123,8 +125,12 @@ def make_embedded_set(out_dir, images=None, pairs_per_image=None, categories=Non
                 for _ in range(counts[category]):
                     numbers[category] += 1
                     pair_id = f"{category}{numbers[category]:0{digits}d}"
-                    records.append(_make_pair(out_dir, source, pair_id, category, seed,
-                                              len(records)))
+                    try:
+                        records.append(_make_pair(out_dir, source, pair_id, category, seed,
+                                                  len(records)))
+                    except _TooFewVessels:
+                        raise InputError(source.name, "too few vessels visible for control "
+                                         "points (is this a fundus photograph?)") from None
                     bar.update()
     summary = {
         "generator": "fire_reg.embedded", "seed": seed, "size": size,
@@ -136,6 +142,23 @@ def make_embedded_set(out_dir, images=None, pairs_per_image=None, categories=Non
     }
     write_json(out_dir / "embedded.json", summary)
     return summary
+
+
+def _refuse_other_set(out_dir: Path, seed, size, counts, names) -> None:
+    """InputError when ``out_dir`` already holds an embedded set made with other settings
+    (its pairs would mix with the new ones); the same settings simply rewrite it."""
+    summary_path = out_dir / "embedded.json"
+    if not summary_path.is_file():
+        return
+    import json
+
+    old = json.loads(summary_path.read_text())
+    same = (old.get("seed") == seed and old.get("size") == size
+            and old.get("categories_per_image") == counts
+            and [s.get("name") for s in old.get("sources", [])] == names)
+    if not same:
+        raise InputError(out_dir, "holds an embedded set made with other settings; "
+                                  "choose an empty folder")
 
 
 def _image_paths(folder, select=("*",)) -> list[Path]:
@@ -169,10 +192,11 @@ def _category_counts(categories, pairs_per_image, default) -> dict[str, int]:
         return counts
     unknown = set(categories) - set(CATEGORIES)
     if unknown or any(int(n) < 0 for n in categories.values()):
-        raise ValueError(f"categories must map S, P, A to counts >= 0, got {categories}")
+        raise InputError("--per-image",
+                         f"categories must map S, P, A to counts >= 0, got {categories}")
     counts = {c: int(categories.get(c, 0)) for c in CATEGORIES}
     if pairs_per_image is not None and sum(counts.values()) != int(pairs_per_image):
-        raise ValueError("pairs_per_image disagrees with the sum of categories")
+        raise InputError("--per-image", "pairs_per_image disagrees with the sum of categories")
     return counts
 
 
@@ -410,6 +434,10 @@ def _paint_lesion(image, lesion, colour) -> None:
     patch[:] = (1 - alpha) * patch + alpha * colour
 
 
+class _TooFewVessels(Exception):
+    """A view pair shows too few vessels in its common field of view for control points."""
+
+
 def _control_points(fixed, fixed_valid, moving_valid, matrix, rng) -> np.ndarray:
     """POINTS_PER_PAIR fixed points (N, 2) on vessels, inside both views, spread out.
 
@@ -425,7 +453,7 @@ def _control_points(fixed, fixed_valid, moving_valid, matrix, rng) -> np.ndarray
     keep = _lookup(fixed_ok, points) & _lookup(moving_ok, geometry.apply(matrix, points))
     points, strength = points[keep], vessels[ys[keep], xs[keep]]
     if len(points) < POINTS_PER_PAIR:
-        raise RuntimeError("too few vessel pixels in the common field of view for control points")
+        raise _TooFewVessels()
     points = points[strength >= np.quantile(strength, 0.9)]
     chosen = [int(rng.integers(len(points)))]
     distance = np.linalg.norm(points - points[chosen[0]], axis=1)

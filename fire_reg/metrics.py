@@ -21,12 +21,12 @@ from __future__ import annotations
 import numpy as np
 
 from fire_reg import geometry
+from fire_reg.fire import CATEGORIES
 
 THRESHOLDS = np.arange(251) / 10.0  # 0.0, 0.1, ..., 25.0 px
 FAILURE_PX = 25.0
 INACCURATE_MAX_PX = 50.0
 INACCURATE_MEDIAN_PX = 20.0
-CATEGORIES = ("S", "P", "A")
 
 
 def pair_error(matrix, fixed_pts, moving_pts) -> np.ndarray:

@@ -140,3 +140,35 @@ def test_console_script_exit_status_and_one_line(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert "nowhere" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_batch_from_csv_and_its_errors(small_fire, tiny_model_path, tmp_path, capsys):
+    pair = FireDataset(small_fire)["S01"]
+    good = tmp_path / "pairs.csv"
+    good.write_text(f"id,fixed,moving\nfirst,{pair.fixed_path},{pair.moving_path}\n")
+    code, out, _ = run(capsys, "register", "--batch", good, "--model", tiny_model_path,
+                       "--refine", "none", "--out", tmp_path / "b")
+    assert code == 0 and (tmp_path / "b" / "first" / "transform.json").is_file()
+    cases = {"missing cell": f"fixed,moving\n{pair.fixed_path},\n",
+             "escaping id": f"id,fixed,moving\n../x,{pair.fixed_path},{pair.moving_path}\n",
+             "duplicate id": f"id,fixed,moving\na,{pair.fixed_path},{pair.moving_path}\n"
+                             f"a,{pair.fixed_path},{pair.moving_path}\n",
+             "no header": f"{pair.fixed_path},{pair.moving_path}\n"}
+    for name, text in cases.items():
+        bad = tmp_path / "bad.csv"
+        bad.write_text(text)
+        code, out, err = run(capsys, "register", "--batch", bad, "--model", tiny_model_path,
+                             "--out", tmp_path / "bad_out")
+        assert code == 2 and "bad.csv" in err, name
+    assert not (tmp_path / "bad_out").exists()
+
+
+def test_options_that_make_no_sense_exit_2(small_fire, tmp_path, capsys):
+    code, _, err = run(capsys, "evaluate", "--fire", small_fire, "--no-model", "--baselines",
+                       "sfit", "--out", tmp_path / "e")
+    assert code == 2 and "sfit" in err
+    code, _, err = run(capsys, "prepare", "--fire", small_fire, "--out", tmp_path / "p",
+                       "--patch-size", "100")
+    assert code == 2 and "--patch-size" in err
+    code, _, err = run(capsys, "data", "embedded", "--out", tmp_path / "d", "--size", "10")
+    assert code == 2 and "--size" in err

@@ -203,8 +203,10 @@ def test_category_counts():
         "S": 2, "P": 2, "A": 1}
     assert embedded._category_counts({"P": 3}, None, embedded.DEFAULT_FOLDER) == {
         "S": 0, "P": 3, "A": 0}
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError):
         embedded._category_counts({"X": 1}, None, embedded.DEFAULT_FOLDER)
+    with pytest.raises(InputError):
+        embedded._category_counts({"S": -1}, None, embedded.DEFAULT_FOLDER)
 
 
 def test_bad_inputs(tmp_path):
@@ -222,3 +224,11 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(InputError, match="broken.jpg"):
         embedded.make_embedded_set(tmp_path / "out", images=corrupt, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_refuses_to_mix_with_another_set(tmp_path):
+    embedded.make_embedded_set(tmp_path, categories={"S": 1, "P": 0, "A": 0}, size=256, progress=False)
+    embedded.make_embedded_set(tmp_path, categories={"S": 1, "P": 0, "A": 0}, size=256, progress=False)
+    with pytest.raises(InputError, match="other settings"):
+        embedded.make_embedded_set(tmp_path, categories={"S": 1, "P": 0, "A": 0}, size=256, seed=4,
+                          progress=False)
