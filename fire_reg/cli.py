@@ -92,7 +92,7 @@ def _registrar_options(parser) -> None:
                         help="local refinement after the network")
     parser.add_argument("--refine-width", type=int,
                         help="also polish with ECC at this width in px (e.g. 1024): more "
-                             "accurate on large images, about 3.5x slower")
+                             "accurate on large images, about 4x slower")
 
 
 def _registrar(args):

@@ -12,7 +12,7 @@ Steps, for images of any size and aspect:
 3. Optional local refinement: OpenCV ECC (:func:`fire_reg.baselines.ecc_on_maps`) started from
    the network's answer on the working maps (3-level pyramid), then, when ``refine_width`` is
    set (e.g. 1024) and the images are wider than 1.5x the working width, once more on vessel
-   maps at that width (more accurate, about 3.5x slower); each step is kept only when it raises
+   maps at that width (more accurate, about 4x slower); each step is kept only when it raises
    the vessel-map similarity.
 4. Trust: the normalised cross-correlation of the vessel maps inside the common field of view
    after warping; below ``min_similarity`` the status is "suspect" with the reason.
