@@ -133,8 +133,9 @@ class Registrar:
         """Register two BGR (or gray) images; the matrix is in these images' pixels."""
         start = time.perf_counter()
         work_maps = _maps(fixed, moving, fixed_mask, moving_mask, self.work_width)
-        network_px = work_maps.to_full(self._network_estimate(*work_maps.arrays))
-        stages, matrix, reason = {"network": network_px}, network_px, "network"
+        estimate, similarity = self._network_estimate(*work_maps.arrays)
+        matrix = work_maps.to_full(estimate)
+        stages, reason = {"network": matrix}, "network"
         if self.refine == "ecc":
             from fire_reg import baselines
 
@@ -145,15 +146,19 @@ class Registrar:
                               {"levels": 1, "iterations": 20, "epsilon": 1e-4}))
             for maps, options in steps:
                 current = maps.to_maps(matrix)
+                before = similarity if maps is work_maps else maps.similarity(current)
                 refined = baselines.ecc_on_maps(*maps.arrays, current, **options)
                 if not refined.ok:
                     reason += f" (ECC at {maps.width} px rejected: {refined.reason})"
                     break
-                if maps.similarity(refined.matrix) < maps.similarity(current):
+                after = maps.similarity(refined.matrix)
+                if after < before:
                     break
                 matrix = stages[f"ecc_{maps.width}px"] = maps.to_full(refined.matrix)
                 reason = "network + ECC"
-        similarity = work_maps.similarity(work_maps.to_maps(matrix))
+                # the status is judged on the working maps
+                similarity = after if maps is work_maps else work_maps.similarity(
+                    work_maps.to_maps(matrix))
         status = "ok" if similarity >= self.min_similarity else "suspect"
         if status == "suspect":
             reason = (f"{reason}; vessel similarity {similarity:.3f} after warping is below "
@@ -163,8 +168,10 @@ class Registrar:
                             fixed_size=(fixed.shape[1], fixed.shape[0]),
                             moving_size=(moving.shape[1], moving.shape[0]), stages=stages)
 
-    def _network_estimate(self, fixed_map, fixed_fov, moving_map, moving_fov) -> np.ndarray:
-        """Coarse-to-fine network estimate in working-resolution px (fixed -> moving).
+    def _network_estimate(self, fixed_map, fixed_fov, moving_map,
+                          moving_fov) -> tuple[np.ndarray, float]:
+        """Coarse-to-fine network estimate in working-resolution px (fixed -> moving), with
+        its vessel-map similarity.
 
         Each pass gives two candidates for the residual, the regression heads' matrix and the
         robust fit to the network's matches (:func:`fire_reg.network.affine_from_matches`);
@@ -174,11 +181,11 @@ class Registrar:
 
         size = self.size
         fixed_box = geometry.letterbox(fixed_map.shape[1::-1], size)
-        moving_box = geometry.letterbox(moving_map.shape[1::-1], size)
         from_patch = np.linalg.inv(fixed_box)
         fixed_in = imaging.resample(fixed_map, from_patch, (size, size))
         fixed_in_fov = imaging.resample(fixed_fov.astype(np.float32), from_patch, (size, size)) > 0.5
-        estimate = geometry.compose(np.linalg.inv(moving_box), fixed_box)
+        estimate = geometry.pixel_from_letterboxed(geometry.identity(), fixed_map.shape[1::-1],
+                                                   moving_map.shape[1::-1], size)
         for iteration in range(self.iterations):
             moving_in = imaging.resample(moving_map, geometry.compose(estimate, from_patch),
                                          (size, size))
@@ -190,9 +197,11 @@ class Registrar:
                                          geometry.pixel_from_normalized(c, (size,) * 2, (size,) * 2),
                                          fixed_box)
                         for c in candidates if c is not None]
-            estimate = max(composed, key=lambda m: warped_similarity(
-                fixed_map, fixed_fov, moving_map, moving_fov, m))
-        return estimate
+            similarities = [warped_similarity(fixed_map, fixed_fov, moving_map, moving_fov, m)
+                            for m in composed]
+            best = int(np.argmax(similarities))  # the heads' answer on a tie
+            estimate, similarity = composed[best], similarities[best]
+        return estimate, similarity
 
     def _predict(self, fixed_in, moving_in) -> tuple[np.ndarray, np.ndarray]:
         """The network's normalised matrix (heads) and match logits for one input pair."""
