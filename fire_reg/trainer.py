@@ -19,6 +19,7 @@ linearly over the first ``curriculum_epochs`` epochs.
 """
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import shlex
@@ -178,8 +179,8 @@ def make_batches(stream: ShardStream, indices: np.ndarray, config: TrainConfig, 
         def __init__(self):
             super().__init__()
             self.epoch = 0
-            steps = config.steps_per_epoch or max(1, len(indices) // config.batch_size)
-            self.steps = steps if training else max(1, int(np.ceil(len(indices) / config.batch_size)))
+            self.steps = (training_steps(config, len(indices)) if training
+                          else max(1, int(np.ceil(len(indices) / config.batch_size))))
             self.order = self._order()
 
         def _order(self):
@@ -220,6 +221,11 @@ def make_batches(stream: ShardStream, indices: np.ndarray, config: TrainConfig, 
     return Batches()
 
 
+def training_steps(config: TrainConfig, count: int) -> int:
+    """Steps per training epoch: ``steps_per_epoch`` or one pass over ``count`` samples."""
+    return config.steps_per_epoch or max(1, count // config.batch_size)
+
+
 def split_by_pair(stream: ShardStream, fraction: float, seed: int):
     """Training / validation sample indices, split by source pair (no pair in both)."""
     pairs = stream.info[:, PAIR_INDEX].astype(int)
@@ -244,7 +250,9 @@ class Trainer:
         if self.val_stream and self.val_stream.patch_size != self.stream.patch_size:
             raise InputError(val_dir, "validation shards have another patch size than the training shards")
 
-    def _indices(self):
+    @functools.cached_property
+    def split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(training, validation) sample indices, computed once."""
         if self.val_stream is not None:
             return np.arange(len(self.stream)), np.arange(len(self.val_stream))
         return split_by_pair(self.stream, self.config.validation_fraction, self.config.seed)
@@ -276,9 +284,7 @@ class Trainer:
         return model
 
     def _total_steps(self) -> int:
-        train_indices, _ = self._indices()
-        steps = self.config.steps_per_epoch or max(1, len(train_indices) // self.config.batch_size)
-        return steps * self.config.epochs
+        return training_steps(self.config, len(self.split[0])) * self.config.epochs
 
     def fit(self, resume: bool = False, verbose: int | str = "auto"):
         """Train; returns the Keras History. ``resume`` continues an interrupted run."""
@@ -291,7 +297,7 @@ class Trainer:
             import shutil
 
             shutil.rmtree(backup)
-        train_indices, val_indices = self._indices()
+        train_indices, val_indices = self.split
         if len(train_indices) == 0:
             raise InputError(self.stream.shard_dir, "no training samples")
         model = self.model = self.build()
@@ -302,7 +308,7 @@ class Trainer:
                       if len(val_indices) else None)
         monitor = "val_loss" if validation is not None else "loss"
         best_so_far = [row[monitor] for row in _read_log(self.out_dir / "log.csv")
-                       if monitor in row] if resume else []
+                       if np.isfinite(row.get(monitor, np.nan))] if resume else []
         callbacks = [
             keras.callbacks.BackupAndRestore(str(backup)),
             keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: train.set_epoch(epoch)),
