@@ -14,35 +14,23 @@ target while its aperture stays put: the pair's own ground truth is absorbed, so
 differences of the real pair are kept and any motion can be taught. With ``augment`` off the
 target is the pair's real motion.
 
-Output folder::
-
-    manifest.json                       config, seed, versions, pairs, shards, columns
-    shard_00000_fixed.npy   (N, S, S)   uint8
-    shard_00000_moving.npy  (N, S, S)   uint8
-    shard_00000_target.npy  (N, 2, 3)   float32, normalised fixed -> moving
-    shard_00000_info.npy    (N, K)      float32, columns named in manifest["info_columns"]
-
-Every file is written under a temporary name and renamed when complete; a re-run with the
-same configuration skips complete shards, so an interrupted run is finished by running it again.
+The output folder is in the shard format of :mod:`fire_reg.shards` (written through it). A
+re-run with the same configuration skips complete shards, so an interrupted run is finished by
+running it again.
 """
 from __future__ import annotations
 
 import json
 import math
-import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from fire_reg import geometry, imaging
-from fire_reg.errors import InputError, atomic_path, write_json
+from fire_reg import geometry, imaging, shards
+from fire_reg.errors import InputError, write_json
 from fire_reg.fire import FireDataset
-
-INFO_COLUMNS = ("pair_index", "tx", "ty", "theta", "sx", "sy", "shear", "magnitude",
-                "zoom", "crop_x", "crop_y")
-MANIFEST_VERSION = 1
 
 
 @dataclass
@@ -122,17 +110,20 @@ class DatasetCreator:
         size = self.config.shard_size
         shard_count = math.ceil(self.total / size)
         cache: dict[int, tuple] = {}
-        shards = []
+        written = []
         with tqdm(total=self.total, desc="prepare", unit="sample", disable=not progress) as bar:
             for shard in range(shard_count):
                 start, stop = shard * size, min((shard + 1) * size, self.total)
-                name = f"shard_{shard:05d}"
-                if not self._shard_complete(name, stop - start):
+                name = shards.shard_name(shard)
+                if not shards.shard_complete(self.out_dir, name, stop - start):
                     self._write_shard(name, pairs, range(start, stop), cache)
-                shards.append({"name": name, "count": stop - start})
+                written.append({"name": name, "count": stop - start})
                 bar.update(stop - start)
-        manifest = json.loads(json.dumps(self._manifest(pairs, shards)))  # as read back
-        write_json(self.out_dir / "manifest.json", manifest)
+        manifest = shards.make_manifest(
+            self.dataset.root, asdict(self.config),
+            pairs=[{"index": i, "id": p.id, "category": p.category} for i, p in enumerate(pairs)],
+            shards=written)
+        shards.write_manifest(self.out_dir, manifest)
         return manifest
 
     def _check_previous_run(self) -> None:
@@ -147,18 +138,6 @@ class DatasetCreator:
         else:
             write_json(settings, wanted)
 
-    def _shard_complete(self, name: str, count: int) -> bool:
-        for part in ("fixed", "moving", "target", "info"):
-            path = self.out_dir / f"{name}_{part}.npy"
-            if not path.exists():
-                return False
-            try:
-                if np.load(path, mmap_mode="r").shape[0] != count:
-                    return False
-            except (ValueError, OSError):
-                return False
-        return True
-
     def _write_shard(self, name, pairs, sample_indices, cache) -> None:
         per_pair = self.config.per_pair
         samples = [self._sample(pairs, index, cache) for index in sample_indices]
@@ -167,11 +146,7 @@ class DatasetCreator:
         for key in list(cache):
             if key != last_pair:
                 del cache[key]
-        arrays = {part: np.stack([s[i] for s in samples])
-                  for i, part in enumerate(("fixed", "moving", "target", "info"))}
-        for part, array in arrays.items():
-            with atomic_path(self.out_dir / f"{name}_{part}.npy") as tmp:
-                np.save(tmp, array)
+        shards.write_shard(self.out_dir, name, samples)
 
     def _pair_maps(self, pairs, pair_index, cache):
         """Vessel maps, masks and the ground truth of one pair at the working width."""
@@ -228,49 +203,10 @@ class DatasetCreator:
         target = geometry.normalized_from_pixel(target_px, out, out)
         magnitude = geometry.mean_point_distance(target, geometry.identity(),
                                                  geometry.normalized_grid())
-        info = [pair_index, params.tx, params.ty, params.theta, params.sx, params.sy,
-                params.shear, magnitude, zoom, crop_x, crop_y]
-        return (_to_uint8(fixed), _to_uint8(moving), target.astype(np.float32),
-                np.asarray(info, np.float32))
-
-    def _manifest(self, pairs, shards) -> dict:
-        import cv2
-        import skimage
-
-        return {
-            "format": "fire-reg patch shards",
-            "manifest_version": MANIFEST_VERSION,
-            "source": str(self.dataset.root),
-            "config": asdict(self.config),
-            "patch_size": self.config.patch_size,
-            "input": "vessel map (fire_reg.imaging.vessel_map) as uint8, 255 = 1.0, 0 outside the aperture",
-            "target": "2x3 float32, fixed-patch normalised coords -> moving-patch normalised coords",
-            "info_columns": list(INFO_COLUMNS),
-            "pairs": [{"index": i, "id": p.id, "category": p.category} for i, p in enumerate(pairs)],
-            "shards": shards,
-            "count": sum(s["count"] for s in shards),
-            "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                         "opencv": cv2.__version__, "scikit-image": skimage.__version__},
-        }
+        info = shards.info_row(pair_index=pair_index, **asdict(params), magnitude=magnitude,
+                               zoom=zoom, crop_x=crop_x, crop_y=crop_y)
+        return shards.Sample(_to_uint8(fixed), _to_uint8(moving), target.astype(np.float32), info)
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-
-
-def load_manifest(shard_dir) -> dict:
-    """Read and check a shard folder's manifest (InputError if missing or malformed)."""
-    path = Path(shard_dir) / "manifest.json"
-    if not path.is_file():
-        raise InputError(path, "no shard manifest here; run `fire-reg prepare` first")
-    try:
-        manifest = json.loads(path.read_text())
-        manifest["shards"], manifest["patch_size"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise InputError(path, f"malformed shard manifest ({error})") from None
-    for shard in manifest["shards"]:
-        for part in ("fixed", "moving", "target", "info"):
-            if not (Path(shard_dir) / f"{shard['name']}_{part}.npy").is_file():
-                raise InputError(Path(shard_dir) / f"{shard['name']}_{part}.npy",
-                                 "shard file listed in the manifest is missing")
-    return manifest

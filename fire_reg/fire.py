@@ -267,7 +267,7 @@ class FireDataset:
         return imaging.read_image(path).any(axis=2) if path.exists() else None
 
 
-def load_manifest() -> dict:
+def load_fire_manifest() -> dict:
     """The FIRE manifest shipped with the package (copy of data_manifest/fire.json)."""
     return json.loads(resources.files("fire_reg.data").joinpath("fire.json").read_text())
 
@@ -291,7 +291,7 @@ def verify(root, manifest: dict | None = None) -> list[str]:
     both from the file header only. Returns one line per problem; empty when all is fine.
     """
     root = Path(root)
-    manifest = load_manifest() if manifest is None else manifest
+    manifest = load_fire_manifest() if manifest is None else manifest
     if not root.is_dir():
         return [str(InputError(root, "folder not found"))]
     expected_size = tuple(manifest["image_size"])

@@ -30,11 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from fire_reg import geometry, imaging
-from fire_reg.dataset_creator import INFO_COLUMNS, load_manifest
 from fire_reg.errors import InputError, write_json
-
-MAGNITUDE = INFO_COLUMNS.index("magnitude")
-PAIR_INDEX = INFO_COLUMNS.index("pair_index")
+from fire_reg.shards import ShardStream
 
 
 @dataclass
@@ -70,51 +67,6 @@ class TrainConfig:
             raise InputError(path, "config file not found") from None
         except (json.JSONDecodeError, TypeError, ValueError) as error:
             raise InputError(path, f"not a valid training config ({error})") from None
-
-
-class ShardStream:
-    """Random access over the samples of a shard folder, memory-mapped (bounded memory)."""
-
-    def __init__(self, shard_dir):
-        self.shard_dir = Path(shard_dir)
-        self.manifest = load_manifest(self.shard_dir)
-        self.patch_size = int(self.manifest["patch_size"])
-        self.shards = [{part: _open_shard(self.shard_dir / f"{s['name']}_{part}.npy")
-                        for part in ("fixed", "moving", "target", "info")}
-                       for s in self.manifest["shards"]]
-        counts = [len(s["target"]) for s in self.shards]
-        self.offsets = np.concatenate([[0], np.cumsum(counts)])
-        self.info = np.concatenate([s["info"] for s in self.shards]) if self.shards else np.zeros(
-            (0, len(INFO_COLUMNS)), np.float32)
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def take(self, indices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(fixed, moving) float32 (N, S, S, 1) in [0, 1] and targets (N, 2, 3) float64."""
-        indices = np.asarray(indices)
-        shard_of = np.searchsorted(self.offsets, indices, side="right") - 1
-        size = self.patch_size
-        fixed = np.empty((len(indices), size, size), np.float32)
-        moving = np.empty_like(fixed)
-        target = np.empty((len(indices), 2, 3), np.float64)
-        for shard in np.unique(shard_of):
-            rows = np.flatnonzero(shard_of == shard)
-            local = indices[rows] - self.offsets[shard]
-            order = np.argsort(local)  # sorted reads from the memory map
-            data = self.shards[shard]
-            fixed[rows[order]] = data["fixed"][local[order]] / 255.0
-            moving[rows[order]] = data["moving"][local[order]] / 255.0
-            target[rows[order]] = data["target"][local[order]]
-        return fixed[..., None], moving[..., None], target
-
-
-def _open_shard(path: Path) -> np.ndarray:
-    """Memory-map one shard array; InputError when it is not a readable .npy file."""
-    try:
-        return np.load(path, mmap_mode="r")
-    except (ValueError, OSError) as error:
-        raise InputError(path, f"not a readable shard ({error})") from None
 
 
 def _square_symmetries() -> list[np.ndarray]:
@@ -189,7 +141,7 @@ def make_batches(stream: ShardStream, indices: np.ndarray, config: TrainConfig, 
                 return indices
             pool = indices
             if config.curriculum_epochs > 0 and self.epoch < config.curriculum_epochs:
-                magnitudes = stream.info[indices, MAGNITUDE]
+                magnitudes = stream.column("magnitude")[indices]
                 share = config.curriculum_start + (1 - config.curriculum_start) * (
                     self.epoch / config.curriculum_epochs)
                 cap = np.quantile(magnitudes, share)
@@ -228,7 +180,7 @@ def training_steps(config: TrainConfig, count: int) -> int:
 
 def split_by_pair(stream: ShardStream, fraction: float, seed: int):
     """Training / validation sample indices, split by source pair (no pair in both)."""
-    pairs = stream.info[:, PAIR_INDEX].astype(int)
+    pairs = stream.column("pair_index").astype(int)
     unique = np.unique(pairs)
     rng = np.random.default_rng(seed)
     held = rng.choice(unique, size=int(round(fraction * len(unique))), replace=False) \

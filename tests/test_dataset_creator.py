@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from fire_reg import geometry
-from fire_reg.dataset_creator import DatasetCreator, PrepareConfig, load_manifest
+from fire_reg import shards as shard_format
+from fire_reg.dataset_creator import DatasetCreator, PrepareConfig
 from fire_reg.errors import InputError
+from fire_reg.shards import load_manifest
 
 CONFIG = dict(patch_size=64, per_pair=6, shard_size=10, seed=5)
 
@@ -20,7 +22,7 @@ def shards(small_fire, tmp_path_factory):
 
 
 def load(out, name, part):
-    return np.load(out / f"{name}_{part}.npy")
+    return np.load(shard_format.part_path(out, name, part))
 
 
 def ncc(a, b, mask):

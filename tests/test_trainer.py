@@ -9,7 +9,7 @@ import pytest
 from fire_reg import geometry
 from fire_reg.dataset_creator import DatasetCreator, PrepareConfig
 from fire_reg.errors import InputError
-from fire_reg.trainer import ShardStream, TrainConfig, Trainer, augment_batch, transform_sample
+from fire_reg.trainer import TrainConfig, Trainer, augment_batch, transform_sample
 
 TINY_NETWORK = {"encoder_channels": [4, 8, 8, 8, 8], "trunk_units": 16}
 
@@ -59,15 +59,6 @@ def test_augment_batch_keeps_field_of_view_black():
     assert all((sample == 0).sum() >= 8 * 32 for sample in np.concatenate([f, m]))
     for matrix in t:  # identity stays identity under any symmetry or swap
         np.testing.assert_allclose(matrix, np.eye(2, 3), atol=1e-12)
-
-
-def test_stream_reads_samples(shard_dir):
-    stream = ShardStream(shard_dir)
-    assert len(stream) == 32 and stream.patch_size == 32
-    fixed, moving, target = stream.take([31, 0, 17])
-    assert fixed.shape == (3, 32, 32, 1) and 0 <= fixed.min() and fixed.max() <= 1
-    np.testing.assert_array_equal(target[1], np.load(shard_dir / "shard_00000_target.npy")[0])
-    np.testing.assert_array_equal(target[0], np.load(shard_dir / "shard_00001_target.npy")[15])
 
 
 def test_tiny_training_run_writes_artefacts_and_resumes(shard_dir, tmp_path):
