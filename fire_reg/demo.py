@@ -15,25 +15,25 @@ from fire_reg.registrar import Registrar
 from fire_reg.tester import Tester
 
 
-def run_demo(out_dir, model=None, baselines=("sift", "orb", "ecc")) -> Path:
+def run_demo(out_dir, model=None, baselines=("sift", "sift-homography", "orb", "ecc")) -> Path:
     """Run the three stages; returns the path of the Markdown report."""
-    from fire_reg.cli import register_pair
+    from fire_reg import baselines as classic
+    from fire_reg.fire import FireDataset
+    from fire_reg.result import write_files
 
     out_dir = Path(out_dir)
     fire_dir = out_dir / "fire_embedded"
     print(f"[1/3] embedded FIRE-layout set -> {fire_dir}")
     summary = make_embedded_set(fire_dir)
     registrar = Registrar(model)
-    first = summary["pairs"][0]["id"]
-    print(f"[2/3] register {first} -> {out_dir / 'register'}")
-    from fire_reg.fire import FireDataset
-
-    pair = FireDataset(fire_dir)[first]
-    result = register_pair(registrar, pair.fixed_path, pair.moving_path, out_dir / "register")
+    pair = FireDataset(fire_dir)[summary["pairs"][0]["id"]]
+    print(f"[2/3] register {pair.id} -> {out_dir / 'register'}")
+    result = registrar.register_files(pair.fixed_path, pair.moving_path)
+    write_files(out_dir / "register", result, pair.fixed_path, pair.moving_path)
     print(f"      {result.status}: {result.reason} ({result.seconds:.2f} s)")
     print(f"[3/3] evaluate fire-reg vs {', '.join(baselines)} -> {out_dir / 'evaluation'}")
-    Tester(fire_dir, out_dir / "evaluation", registrar=registrar,
-           baseline_names=baselines).run()
+    methods = [registrar] + [classic.get(name) for name in (*baselines, "identity")]
+    Tester(fire_dir, out_dir / "evaluation", methods).run()
     report = out_dir / "evaluation" / "report.md"
     print(report.read_text())
     return report

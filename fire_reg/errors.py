@@ -8,6 +8,7 @@ an interrupted run never leaves a half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -59,3 +60,30 @@ def write_text(path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+LOCK_NAME = ".fire-reg.lock"
+
+
+@contextlib.contextmanager
+def exclusive_output(out_dir) -> Iterator[Path]:
+    """Hold ``out_dir`` for one run: create it, take an exclusive lock (InputError when another
+    run holds it, or when the path is a file or not writable) and remove the hidden ``.part``
+    files that runs killed before renaming them left behind."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(out_dir / LOCK_NAME, "w")
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(out_dir, "exists and is not a folder") from None
+    except PermissionError:
+        raise InputError(out_dir, "permission denied (cannot write here)") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(out_dir, "another fire-reg run is writing to this folder; "
+                                      "wait for it or choose another --out") from None
+        for stale in out_dir.rglob(".*.part*"):
+            stale.unlink(missing_ok=True)
+        yield out_dir

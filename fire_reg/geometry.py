@@ -132,10 +132,12 @@ def rescale(matrix_px, fixed_scale, moving_scale) -> np.ndarray:
     grid of each image to the new one, e.g. 0.25 for a 4x downsampled image. Pixel centres are
     kept consistent (``x_new = s * (x_old + 0.5) - 0.5``).
     """
-    return compose(_scaling(moving_scale), matrix_px, np.linalg.inv(_scaling(fixed_scale)))
+    return compose(scaling(moving_scale), matrix_px, np.linalg.inv(scaling(fixed_scale)))
 
 
-def _scaling(scale) -> np.ndarray:
+def scaling(scale) -> np.ndarray:
+    """3x3 map from pixels of an image to pixels of the same image resampled by ``scale``
+    ((sx, sy) or one float, new px per old px; ``x_new = s * (x_old + 0.5) - 0.5``)."""
     sx, sy = (scale, scale) if np.isscalar(scale) else scale
     return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
 

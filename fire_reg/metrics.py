@@ -1,8 +1,10 @@
 """FIRE evaluation protocol (matrix conventions: :mod:`fire_reg.geometry`).
 
-* Matrices map **fixed px -> moving px**. A pair's control points are (N, 2) arrays of (x, y):
-  ``fixed_pts`` in the fixed image (FIRE ``_1``), ``moving_pts`` in the moving one (``_2``).
-  The moving points are brought into the fixed frame with ``M^-1`` and compared there.
+* Transforms map **fixed px -> moving px** (:mod:`fire_reg.transforms`; a 2x3 matrix is an
+  affine). A pair's control points are (N, 2) arrays of (x, y): ``fixed_pts`` in the fixed
+  image (FIRE ``_1``), ``moving_pts`` in the moving one (``_2``). The moving points are
+  brought into the fixed frame with the transform's ``moving_to_fixed`` (``M^-1`` for an
+  affine) and compared there.
 * Errors are in pixels of the images the points belong to; ``fire_error(..., scale=2912 / W)``
   reports a set at width W in FIRE-equivalent pixels.
 * Success rate at t: share of pairs with error <= t; a non-finite error is a failure.
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fire_reg import geometry
+from fire_reg import transforms
 from fire_reg.fire import CATEGORIES
 
 THRESHOLDS = np.arange(251) / 10.0  # 0.0, 0.1, ..., 25.0 px
@@ -29,15 +31,16 @@ INACCURATE_MAX_PX = 50.0
 INACCURATE_MEDIAN_PX = 20.0
 
 
-def pair_error(matrix, fixed_pts, moving_pts) -> np.ndarray:
-    """Per-point distances (px, fixed frame) between ``M^-1 @ moving_pts`` and ``fixed_pts``."""
-    mapped = geometry.apply(geometry.invert(matrix), moving_pts)
+def pair_error(transform, fixed_pts, moving_pts) -> np.ndarray:
+    """Per-point distances (px, fixed frame) between the moving points mapped by the
+    transform's ``moving_to_fixed`` (``M^-1`` for a 2x3 matrix) and ``fixed_pts``."""
+    mapped = transforms.as_transform(transform).moving_to_fixed(moving_pts)
     return np.linalg.norm(mapped - np.asarray(fixed_pts, dtype=np.float64).reshape(-1, 2), axis=1)
 
 
-def fire_error(matrix, fixed_pts, moving_pts, scale: float = 1.0) -> float:
+def fire_error(transform, fixed_pts, moving_pts, scale: float = 1.0) -> float:
     """Mean control-point error of a pair (px) times ``scale`` (2912 / W for FIRE-equivalent)."""
-    return float(pair_error(matrix, fixed_pts, moving_pts).mean() * scale)
+    return float(pair_error(transform, fixed_pts, moving_pts).mean() * scale)
 
 
 def success_curve(errors, thresholds=THRESHOLDS) -> np.ndarray:
@@ -136,4 +139,54 @@ def markdown_table(summaries: dict) -> str:
             value = summary.get(key)
             cells.append("n/a" if value is None or not np.isfinite(value) else fmt.format(value))
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+TRUST_FACTOR, TRUST_SLACK_PX = 2.0, 2.0
+
+
+def estimate_close(estimated: float | None, true: float) -> bool:
+    """Whether an estimated error is within a factor of 2 of the true error, or within 2 px
+    (whichever is looser); a missing estimate never is."""
+    if estimated is None or not np.isfinite(true):
+        return False
+    return (abs(estimated - true) <= TRUST_SLACK_PX
+            or true / TRUST_FACTOR <= estimated <= true * TRUST_FACTOR)
+
+
+def trust_summary(entries) -> dict:
+    """How far a method's status and estimated error can be trusted over its pair entries
+    (each with ``status``, ``error_px`` and ``estimated_error_px``, FIRE-equivalent px).
+
+    ``confusion``: {status: {"within_25": n, "over_25": n}}; ``ok_agrees``: share of pairs
+    where "ok" coincides with a true error <= 25 px; ``estimate_close``: share whose estimate
+    is within a factor of 2 (or 2 px) of the true error; ``ok_over_25``: "ok" pairs that are
+    in fact over 25 px.
+    """
+    confusion: dict = {}
+    agree, close, wrong_ok = [], [], 0
+    for entry in entries:
+        good = np.isfinite(entry["error_px"]) and entry["error_px"] <= FAILURE_PX
+        cell = confusion.setdefault(entry["status"], {"within_25": 0, "over_25": 0})
+        cell["within_25" if good else "over_25"] += 1
+        agree.append((entry["status"] == "ok") == good)
+        close.append(estimate_close(entry["estimated_error_px"], entry["error_px"]))
+        wrong_ok += entry["status"] == "ok" and not good
+    return {"count": len(agree), "confusion": confusion,
+            "ok_agrees": float(np.mean(agree)) if agree else None,
+            "estimate_close": float(np.mean(close)) if close else None,
+            "ok_over_25": wrong_ok}
+
+
+def trust_table(trust: dict) -> str:
+    """Markdown table of :func:`trust_summary` results, one row per method."""
+    lines = ["| method | ok (<=25 / >25 px) | suspect (<=25 / >25) | failed (<=25 / >25) | "
+             "ok agrees with <=25 px | estimate within x2 or 2 px |", "|---|---:|---:|---:|---:|---:|"]
+    for method, summary in trust.items():
+        cells = []
+        for status in ("ok", "suspect", "failed"):
+            cell = summary["confusion"].get(status, {"within_25": 0, "over_25": 0})
+            cells.append(f"{cell['within_25']} / {cell['over_25']}")
+        lines.append(f"| {method} | " + " | ".join(cells)
+                     + f" | {summary['ok_agrees']:.1%} | {summary['estimate_close']:.1%} |")
     return "\n".join(lines) + "\n"

@@ -1,35 +1,39 @@
-"""Registrar: full photographs in, the 2x3 pixel matrix (fixed px -> moving px) out.
+"""Registrar: full photographs in, one transform (fixed px -> moving px) with its trust out.
 
 Steps, for images of any size and aspect:
 
-1. Both images become vessel maps (:func:`fire_reg.imaging.vessel_map`) at ``work_width`` px
+1. Both images become vessel maps (:class:`fire_reg.refine.VesselMaps`) at ``work_width`` px
    and are letterboxed into the network's square input (``geometry.letterbox``).
 2. **Coarse to fine**: the network predicts the motion; for each further iteration the moving
    map is resampled through the current estimate (cut to the fixed aperture, so that both
    apertures coincide as in training), the network predicts the residual, and it is composed
    onto the estimate. Each pass has two candidates from the same forward pass, the regression
    heads and a RANSAC fit to the network's own cell matches; the better-aligning one is kept.
-3. Optional local refinement: OpenCV ECC (:func:`fire_reg.baselines.ecc_on_maps`) started from
-   the network's answer on the working maps (3-level pyramid), then, when ``refine_width`` is
-   set (e.g. 1024) and the images are wider than 1.5x the working width, once more on vessel
-   maps at that width (more accurate, about 4x slower); each step is kept only when it raises
-   the vessel-map similarity.
-4. Trust: the normalised cross-correlation of the vessel maps inside the common field of view
-   after warping; below ``min_similarity`` the status is "suspect" with the reason.
+3. Affine refinement: OpenCV ECC (:func:`fire_reg.refine.ecc_on_maps`) from the network's
+   answer on the working maps, then, when ``refine_width`` is set (e.g. 1024) and the images
+   are wider than 1.5x the working width, once more on vessel maps at that width; each step is
+   kept only when it raises the vessel-map similarity.
+4. **Fine stage** (:func:`fire_reg.refine.fine_stage`): local tile matches on the working maps
+   and a robust fit of the requested ``transform`` model (quadratic by default: the curved
+   retina), falling back to a homography, then an affine, when the evidence is too thin.
+5. **Trust** (:mod:`fire_reg.trust`): the estimated error from held-out tile matches, the
+   overlap and plausibility checks of the transform give ``status`` and ``reason``.
 
-The returned matrix is in the original pixels of both images, with its inverse.
+The returned transform is in the pixels of the images given (original pixels through
+:func:`fire_reg.result.register_files`).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from fire_reg import geometry, imaging
+from fire_reg import geometry, imaging, transforms, trust
+from fire_reg import refine as refine_module
 from fire_reg.errors import InputError
+from fire_reg.result import Registration, register_files
 
 def default_model_path() -> Path:
     """The weights shipped inside the package."""
@@ -66,112 +70,110 @@ def _input_names(model) -> list[str]:
     return [getattr(tensor, "name", "").split(":")[0] for tensor in inputs]
 
 
-@dataclass
-class Registration:
-    """One registration result; ``matrix`` maps fixed px to moving px (original sizes)."""
-
-    matrix: np.ndarray
-    status: str
-    reason: str
-    seconds: float
-    similarity: float
-    fixed_size: tuple[int, int]
-    moving_size: tuple[int, int]
-    stages: dict = field(default_factory=dict)
-
-    @property
-    def inverse(self) -> np.ndarray:
-        """Moving px -> fixed px."""
-        return geometry.invert(self.matrix)
-
-    def to_itk(self) -> str:
-        """ITK ``.tfm`` text (``AffineTransform_double_2_2``, centre 0) of the same map.
-
-        ITK transforms map fixed-image physical points to moving-image physical points, which
-        with unit spacing and zero origin are our pixel coordinates (index (0, 0) = centre of
-        the top-left pixel, y down): ``Parameters: a00 a01 a10 a11 tx ty``.
-        """
-        (a00, a01, tx), (a10, a11, ty) = self.matrix
-        values = " ".join(f"{v:.12g}" for v in (a00, a01, a10, a11, tx, ty))
-        return ("#Insight Transform File V1.0\n#Transform 0\n"
-                "Transform: AffineTransform_double_2_2\n"
-                f"Parameters: {values}\nFixedParameters: 0 0\n")
-
-    def to_json(self) -> dict:
-        """The ``transform.json`` schema of DESIGN.md."""
-        return {"matrix": self.matrix.tolist(), "maps": "fixed_xy_to_moving_xy",
-                "units": "pixels", "inverse": self.inverse.tolist(),
-                "fixed_size": list(self.fixed_size), "moving_size": list(self.moving_size),
-                "seconds": self.seconds, "status": self.status, "reason": self.reason,
-                "similarity": self.similarity,
-                "convention": "x right, y down, (0, 0) = centre of the top-left pixel; "
-                              "warp the moving image with cv2.warpAffine(moving, matrix, "
-                              "(W_fixed, H_fixed), flags=INTER_LINEAR | WARP_INVERSE_MAP)",
-                "stages": {name: m.tolist() for name, m in self.stages.items()}}
-
-
 class Registrar:
-    """Registers pairs of fundus photographs with the learned network (+ optional ECC)."""
+    """Registers pairs of fundus photographs with the learned network, ECC and the fine stage.
+
+    ``model``: a loaded fire-reg Keras model, a ``.keras`` path, or None (shipped weights);
+    ``iterations``: network passes (>= 1); ``refine``: "ecc" or "none" (affine ECC after the
+    network); ``transform``: the richest model the fine stage may fit ("quadratic",
+    "homography", "affine") or "none" (network + ECC affine only); ``work_width``: px of the
+    working vessel maps; ``refine_width``: optional finer ECC polish width (px).
+    ValueError for settings out of range.
+    """
+
+    name = "fire-reg"
 
     def __init__(self, model=None, iterations: int = 2, refine: str | None = "ecc",
                  work_width: int = imaging.WORK_WIDTH, refine_width: int | None = None,
-                 min_similarity: float = 0.15):
-        if refine not in (None, "none", "ecc"):
-            raise ValueError(f"refine must be 'ecc' or None, got {refine!r}")
+                 transform: str = "quadratic", fine: refine_module.FineOptions | None = None,
+                 trust_options: trust.TrustOptions | None = None):
+        refine = "none" if refine is None else refine
+        if refine not in ("none", "ecc"):
+            raise ValueError(f"refine must be 'ecc' or 'none', got {refine!r}")
+        if transform not in (*transforms.MODELS, "none"):
+            raise ValueError(f"transform must be one of {', '.join(transforms.MODELS)} or "
+                             f"'none', got {transform!r}")
+        if int(iterations) < 1:
+            raise ValueError(f"iterations must be at least 1, got {iterations}")
+        if refine_width is not None and int(refine_width) < 64:
+            raise ValueError(f"refine width must be at least 64 px, got {refine_width}")
+        if int(work_width) < 64:
+            raise ValueError(f"work width must be at least 64 px, got {work_width}")
         self.model = model if hasattr(model, "predict") else load_model(model)
         self.size = int(self.model.inputs[0].shape[1])
-        self.iterations = max(1, int(iterations))
-        self.refine = None if refine == "none" else refine
-        self.work_width = work_width
-        self.refine_width = refine_width
-        self.min_similarity = min_similarity
+        self.iterations = int(iterations)
+        self.refine = refine
+        self.work_width = int(work_width)
+        self.refine_width = None if refine_width is None else int(refine_width)
+        self.transform = transform
+        self.fine = fine or refine_module.FineOptions()
+        self.trust_options = trust_options or trust.TrustOptions()
         blank = np.zeros((self.size, self.size), np.float32)
         self._predict(blank, blank)  # compile once here, so per-pair seconds are steady-state
 
+    @property
+    def decode_width(self) -> int:
+        """Image files are decoded at no less than this width (px)."""
+        return max(self.work_width, self.refine_width or 0)
+
     def register(self, fixed: np.ndarray, moving: np.ndarray, fixed_mask=None,
                  moving_mask=None) -> Registration:
-        """Register two BGR (or gray) images; the matrix is in these images' pixels."""
+        """Register two BGR (or gray) images; the transform is in these images' pixels."""
         start = time.perf_counter()
-        work_maps = _maps(fixed, moving, fixed_mask, moving_mask, self.work_width)
-        estimate, similarity = self._network_estimate(*work_maps.arrays)
-        matrix = work_maps.to_full(estimate)
-        stages, reason = {"network": matrix}, "network"
+        maps = refine_module.VesselMaps.of(fixed, moving, self.work_width, fixed_mask,
+                                           moving_mask)
+        estimate, similarity = self._network_estimate(maps)
+        stages = {"network": maps.to_full(estimate)}
+        reason = "network"
         if self.refine == "ecc":
-            from fire_reg import baselines
+            estimate, similarity, reason = self._ecc_steps(fixed, moving, fixed_mask, moving_mask,
+                                                           maps, estimate, similarity, stages)
+        if self.transform != "none":
+            fine = refine_module.fine_stage(maps, estimate, self.transform, self.fine)
+            estimate = fine.transform
+            stages[f"fine_{fine.model}"] = maps.to_full(estimate)
+            reason = f"{reason}, then {fine.reason}"
+            similarity = maps.similarity(estimate)
+        fixed_size, moving_size = (fixed.shape[1], fixed.shape[0]), (moving.shape[1], moving.shape[0])
+        verdict = trust.judge(maps, estimate, fixed_size, self.trust_options)
+        return Registration(maps.to_full(estimate), verdict.status, f"{reason}; {verdict.reason}",
+                            fixed_size, moving_size, seconds=time.perf_counter() - start,
+                            estimated_error_px=verdict.estimated_error_px,
+                            overlap=verdict.overlap, similarity=similarity,
+                            checks=verdict.checks, stages=stages)
 
-            fine_width = min(self.refine_width or 0, fixed.shape[1], moving.shape[1])
-            steps = [(work_maps, {"levels": 3})]  # then a short polish at the finer width
-            if fine_width >= 1.5 * self.work_width:
-                steps.append((_maps(fixed, moving, fixed_mask, moving_mask, fine_width),
-                              {"levels": 1, "iterations": 20, "epsilon": 1e-4}))
-            for maps, options in steps:
-                current = maps.to_maps(matrix)
-                before = similarity if maps is work_maps else maps.similarity(current)
-                refined = baselines.ecc_on_maps(*maps.arrays, current, **options)
-                if not refined.ok:
-                    reason += f" (ECC at {maps.width} px rejected: {refined.reason})"
-                    break
-                after = maps.similarity(refined.matrix)
-                if after < before:
-                    break
-                matrix = stages[f"ecc_{maps.width}px"] = maps.to_full(refined.matrix)
-                reason = "network + ECC"
-                # the status is judged on the working maps
-                similarity = after if maps is work_maps else work_maps.similarity(
-                    work_maps.to_maps(matrix))
-        status = "ok" if similarity >= self.min_similarity else "suspect"
-        if status == "suspect":
-            reason = (f"{reason}; vessel similarity {similarity:.3f} after warping is below "
-                      f"{self.min_similarity}")
-        return Registration(matrix=matrix, status=status, reason=reason,
-                            seconds=time.perf_counter() - start, similarity=similarity,
-                            fixed_size=(fixed.shape[1], fixed.shape[0]),
-                            moving_size=(moving.shape[1], moving.shape[0]), stages=stages)
+    def _ecc_steps(self, fixed, moving, fixed_mask, moving_mask, maps, estimate, similarity,
+                   stages):
+        """ECC on the working maps, then optionally on finer maps; each step kept only when it
+        raises that width's similarity. Returns (estimate, similarity, reason) in working px."""
+        reason = "network"
+        steps = [(maps, refine_module.EccOptions(levels=3))]
+        fine_width = min(self.refine_width or 0, fixed.shape[1], moving.shape[1])
+        if fine_width >= 1.5 * self.work_width:
+            steps.append((refine_module.VesselMaps.of(fixed, moving, fine_width, fixed_mask,
+                                                      moving_mask),
+                          refine_module.EccOptions(levels=1, iterations=20, epsilon=1e-4)))
+        full = maps.to_full(estimate)
+        for step_maps, options in steps:
+            current = step_maps.to_maps(full)
+            before = similarity if step_maps is maps else step_maps.similarity(current)
+            outcome = refine_module.ecc_on_maps(step_maps, current.matrix, options)
+            if outcome.matrix is None:
+                reason += f" (ECC at {step_maps.width} px rejected: {outcome.reason})"
+                break
+            refined = transforms.Affine(outcome.matrix)
+            after = step_maps.similarity(refined)
+            if after < before:
+                break
+            full = stages[f"ecc_{step_maps.width}px"] = step_maps.to_full(refined)
+            reason = "network + ECC"
+            estimate = maps.to_maps(full)
+            similarity = after if step_maps is maps else maps.similarity(estimate)
+        return estimate, similarity, reason
 
-    def _network_estimate(self, fixed_map, fixed_fov, moving_map,
-                          moving_fov) -> tuple[np.ndarray, float]:
-        """Coarse-to-fine network estimate in working-resolution px (fixed -> moving), with
-        its vessel-map similarity.
+    def _network_estimate(self, maps) -> tuple[transforms.Affine, float]:
+        """Coarse-to-fine network estimate in working-map px (fixed -> moving), with its
+        vessel-map similarity.
 
         Each pass gives two candidates for the residual, the regression heads' matrix and the
         robust fit to the network's matches (:func:`fire_reg.network.affine_from_matches`);
@@ -180,14 +182,16 @@ class Registrar:
         from fire_reg import network
 
         size = self.size
-        fixed_box = geometry.letterbox(fixed_map.shape[1::-1], size)
+        fixed_box = geometry.letterbox(maps.fixed_size, size)
         from_patch = np.linalg.inv(fixed_box)
-        fixed_in = imaging.resample(fixed_map, from_patch, (size, size))
-        fixed_in_fov = imaging.resample(fixed_fov.astype(np.float32), from_patch, (size, size)) > 0.5
-        estimate = geometry.pixel_from_letterboxed(geometry.identity(), fixed_map.shape[1::-1],
-                                                   moving_map.shape[1::-1], size)
+        fixed_in = imaging.resample(maps.fixed, from_patch, (size, size))
+        fixed_in_fov = imaging.resample(maps.fixed_fov.astype(np.float32), from_patch,
+                                        (size, size)) > 0.5
+        estimate = geometry.pixel_from_letterboxed(geometry.identity(), maps.fixed_size,
+                                                   maps.moving.shape[1::-1], size)
+        similarity = -1.0
         for iteration in range(self.iterations):
-            moving_in = imaging.resample(moving_map, geometry.compose(estimate, from_patch),
+            moving_in = imaging.resample(maps.moving, geometry.compose(estimate, from_patch),
                                          (size, size))
             if iteration:
                 moving_in = moving_in * fixed_in_fov
@@ -197,11 +201,10 @@ class Registrar:
                                          geometry.pixel_from_normalized(c, (size,) * 2, (size,) * 2),
                                          fixed_box)
                         for c in candidates if c is not None]
-            similarities = [warped_similarity(fixed_map, fixed_fov, moving_map, moving_fov, m)
-                            for m in composed]
+            similarities = [maps.similarity(transforms.Affine(m)) for m in composed]
             best = int(np.argmax(similarities))  # the heads' answer on a tie
             estimate, similarity = composed[best], similarities[best]
-        return estimate, similarity
+        return transforms.Affine(estimate), similarity
 
     def _predict(self, fixed_in, moving_in) -> tuple[np.ndarray, np.ndarray]:
         """The network's normalised matrix (heads) and match logits for one input pair."""
@@ -211,67 +214,6 @@ class Registrar:
         return np.asarray(outputs["matrix"][0], np.float64), np.asarray(outputs["matches"][0])
 
     def register_files(self, fixed_path, moving_path) -> Registration:
-        """Register two image files, decoded at reduced size where the work needs no more
-        (JPEG: 1/2, 1/4, 1/8); the matrix is returned in the files' original pixels."""
-        width = max(self.work_width, self.refine_width or 0)
-        fixed, fixed_scale = imaging.read_for_width(fixed_path, width)
-        moving, moving_scale = imaging.read_for_width(moving_path, width)
-        result = self.register(fixed, moving)
-        to_full = lambda m: geometry.rescale(  # noqa: E731
-            m, 1 / np.asarray(fixed_scale), 1 / np.asarray(moving_scale))
-        result.matrix = to_full(result.matrix)
-        result.stages = {name: to_full(m) for name, m in result.stages.items()}
-        fixed_size, moving_size = imaging.image_size(fixed_path), imaging.image_size(moving_path)
-        result.fixed_size, result.moving_size = tuple(fixed_size), tuple(moving_size)
-        return result
-
-
-@dataclass
-class _VesselMaps:
-    """Vessel maps and fields of view of a pair at one working width, with the per-axis
-    scales from the original images (``fire_reg.imaging.vessel_map``)."""
-
-    fixed: np.ndarray
-    fixed_fov: np.ndarray
-    moving: np.ndarray
-    moving_fov: np.ndarray
-    fixed_scale: tuple[float, float]
-    moving_scale: tuple[float, float]
-    width: int
-
-    @property
-    def arrays(self):
-        return self.fixed, self.fixed_fov, self.moving, self.moving_fov
-
-    def to_maps(self, matrix_px):
-        """Original-pixel matrix -> matrix between these maps."""
-        return geometry.rescale(matrix_px, self.fixed_scale, self.moving_scale)
-
-    def to_full(self, matrix_maps):
-        """Matrix between these maps -> original-pixel matrix."""
-        return geometry.rescale(matrix_maps, 1 / np.asarray(self.fixed_scale),
-                                1 / np.asarray(self.moving_scale))
-
-    def similarity(self, matrix_maps) -> float:
-        return warped_similarity(*self.arrays, matrix_maps)
-
-
-def _maps(fixed, moving, fixed_mask, moving_mask, width: int) -> _VesselMaps:
-    fixed_map, fixed_fov, fixed_scale = imaging.vessel_map(fixed, fixed_mask, width)
-    moving_map, moving_fov, moving_scale = imaging.vessel_map(moving, moving_mask, width)
-    return _VesselMaps(fixed_map, fixed_fov, moving_map, moving_fov, fixed_scale, moving_scale,
-                       width)
-
-
-def warped_similarity(fixed_map, fixed_fov, moving_map, moving_fov, matrix) -> float:
-    """NCC of two vessel maps inside their common field of view after warping the moving one
-    with ``matrix`` (fixed px -> moving px at the maps' resolution); -1 when they hardly overlap."""
-    size = fixed_map.shape[1::-1]
-    warped = imaging.resample(moving_map, matrix, size)
-    warped_fov = imaging.resample(moving_fov.astype(np.float32), matrix, size) > 0.5
-    common = fixed_fov & warped_fov
-    if common.sum() < max(64, 0.05 * fixed_fov.sum()):
-        return -1.0
-    a = fixed_map[common] - fixed_map[common].mean()
-    b = warped[common] - warped[common].mean()
-    return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
+        """Register two image files; the transform is in the files' original pixels
+        (:func:`fire_reg.result.register_files`)."""
+        return register_files(self, fixed_path, moving_path)

@@ -1,8 +1,9 @@
 """Overlays and plots of registrations (conventions: :mod:`fire_reg.geometry`).
 
-Images are OpenCV arrays (BGR uint8, or gray). ``M`` maps **fixed px -> moving px**;
-:func:`warp_to_fixed` brings the moving image into the fixed frame, and control points move
-the other way (a moving point q lies at ``M^-1 q`` in the fixed frame). Comparison images
+Images are OpenCV arrays (BGR uint8, or gray). Transforms (:mod:`fire_reg.transforms`, or a
+2x3 matrix M) map **fixed px -> moving px**; :func:`warp_to_fixed` brings the moving image
+into the fixed frame, and control points move the other way (a moving point q lies at
+``moving_to_fixed(q)``, ``M^-1 q`` for a matrix, in the fixed frame). Comparison images
 (checkerboard, blends, differences) take two images of the same size: the fixed one and the
 warped moving one. Figures are drawn with matplotlib's Agg canvas (``matplotlib.figure.Figure``,
 no pyplot state, no display needed) and every writer saves atomically through
@@ -14,7 +15,7 @@ import cv2
 import numpy as np
 from matplotlib.figure import Figure
 
-from fire_reg import geometry, imaging, metrics
+from fire_reg import geometry, imaging, metrics, transforms
 from fire_reg.errors import atomic_path
 
 DISPLAY_PX = 512  # longest side of the images drawn in a panel figure
@@ -30,14 +31,14 @@ def _stretched_green(image: np.ndarray) -> np.ndarray:
                          cv2.NORM_MINMAX, cv2.CV_8U)
 
 
-def warp_to_fixed(moving: np.ndarray, matrix, fixed_size) -> np.ndarray:
+def warp_to_fixed(moving: np.ndarray, transform, fixed_size) -> np.ndarray:
     """The moving image resampled into the fixed frame of size ``fixed_size`` = (W, H).
 
-    Output pixel p reads the moving image at ``M p`` (bilinear, black outside), i.e.
-    ``cv2.warpAffine(moving, M, (W, H), flags=INTER_LINEAR | WARP_INVERSE_MAP)``, done by
-    :func:`fire_reg.imaging.resample` (which also pre-reduces large downscales).
+    Output pixel p reads the moving image at ``fixed_to_moving(p)`` (bilinear, black outside;
+    for a 2x3 matrix M: ``cv2.warpAffine(moving, M, (W, H), flags=INTER_LINEAR |
+    WARP_INVERSE_MAP)``); see :meth:`fire_reg.transforms.Transform.warp`.
     """
-    return imaging.resample(moving, matrix, fixed_size)
+    return transforms.as_transform(transform).warp(moving, fixed_size)
 
 
 def checkerboard(fixed: np.ndarray, warped: np.ndarray, tiles: int = 8) -> np.ndarray:
@@ -84,10 +85,12 @@ def _rgb(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
 
 
-def save_overlay_panel(path, fixed: np.ndarray, moving: np.ndarray, matrix, fixed_pts=None,
-                       moving_pts=None, title: str = "") -> None:
+def save_overlay_panel(path, fixed: np.ndarray, moving: np.ndarray, transform,
+                       fixed_pts=None, moving_pts=None, title: str = "") -> None:
     """One PNG: before / after magenta-green, checkerboard, |difference| and, with control
-    points, their errors before (identity) and after (``M^-1`` on the moving points).
+    points, their errors before (identity) and after (the transform's ``moving_to_fixed`` on
+    the moving points). ``transform``: a :class:`fire_reg.transforms.Transform` or a 2x3
+    matrix, fixed px -> moving px.
 
     Images are shown at most :data:`DISPLAY_PX` px on their longest side (the moving image is
     resampled straight to that grid); point errors in the titles are mean distances in px of
@@ -99,8 +102,9 @@ def save_overlay_panel(path, fixed: np.ndarray, moving: np.ndarray, matrix, fixe
     shown = (max(1, round(width * scale)), max(1, round(height * scale)))
     to_display = (shown[0] / width, shown[1] / height)
     fixed_small = cv2.resize(fixed, shown, interpolation=cv2.INTER_AREA)
+    transform = transforms.as_transform(transform)
     before = warp_to_fixed(moving, geometry.rescale(geometry.identity(), to_display, 1.0), shown)
-    after = warp_to_fixed(moving, geometry.rescale(matrix, to_display, 1.0), shown)
+    after = warp_to_fixed(moving, transform.rescaled(to_display, 1.0), shown)
     panels = [("before (identity)", blend_magenta_green(fixed_small, before)),
               ("after", blend_magenta_green(fixed_small, after)),
               ("checkerboard", checkerboard(fixed_small, after)),
@@ -113,9 +117,9 @@ def save_overlay_panel(path, fixed: np.ndarray, moving: np.ndarray, matrix, fixe
         ax.imshow(_rgb(image), cmap="gray")
         ax.set_title(name, fontsize=9)
     if with_points:
-        for ax, name, used in ((axes[4], "points before", geometry.identity()),
-                               (axes[5], "points after", matrix)):
-            moved = geometry.apply(geometry.invert(used), moving_pts)
+        for ax, name, used in ((axes[4], "points before", transforms.Affine(geometry.identity())),
+                               (axes[5], "points after", transform)):
+            moved = used.moving_to_fixed(moving_pts)
             fixed_xy = np.asarray(fixed_pts, dtype=np.float64).reshape(-1, 2)
             error = metrics.fire_error(used, fixed_xy, moving_pts)
             start = (fixed_xy + 0.5) * to_display - 0.5
@@ -189,5 +193,37 @@ def save_training_curves(path, history: dict) -> None:
     ax.set(xlabel="epoch", ylabel="loss")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def save_trust_scatter(path, rows_by_method: dict) -> None:
+    """Estimated against true error (FIRE-equivalent px, log axes), one panel per method,
+    points coloured by status; the band where the estimate is within a factor of 2 (or 2 px)
+    of the truth is shaded and the 25 px lines are dashed.
+
+    ``rows_by_method``: method -> [(estimated or None, true, status)]; missing estimates are
+    drawn at the bottom edge.
+    """
+    names = list(rows_by_method) or ["(no estimates)"]
+    figure = Figure(figsize=(4.2 * len(names), 4))
+    colours = {"ok": "tab:green", "suspect": "tab:orange", "failed": "tab:red"}
+    for ax, name in zip(figure.subplots(1, len(names), squeeze=False).ravel(), names):
+        rows = rows_by_method.get(name, [])
+        truth = np.array([max(row[1], 0.05) for row in rows])
+        estimate = np.array([0.05 if row[0] is None else max(row[0], 0.05) for row in rows])
+        grid = np.geomspace(0.05, 2000, 200)
+        ax.fill_between(grid, np.maximum(grid / 2, grid - 2).clip(0.05), np.maximum(grid * 2, grid + 2),
+                        color="0.9", label="within x2 or 2 px")
+        for status, colour in colours.items():
+            chosen = [i for i, row in enumerate(rows) if row[2] == status]
+            if chosen:
+                ax.scatter(truth[chosen], estimate[chosen], s=14, color=colour, label=status)
+        ax.axvline(metrics.FAILURE_PX, color="red", linestyle="--", linewidth=1)
+        ax.axhline(metrics.FAILURE_PX, color="red", linestyle="--", linewidth=1)
+        ax.set(xscale="log", yscale="log", xlim=(0.05, 2000), ylim=(0.05, 2000),
+               xlabel="true error (px)", ylabel="estimated error (px)", title=name)
+        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(alpha=0.3)
     figure.tight_layout()
     _save(figure, path)

@@ -1,0 +1,423 @@
+"""Refinement after a coarse estimate: affine ECC and the fine stage that fits the curved retina.
+
+Both work on :class:`VesselMaps` (the vessel maps of a pair at one working width, see
+:func:`fire_reg.imaging.vessel_map`) and in the pixels of those maps; every map and transform
+goes **fixed px -> moving px** (conventions of :mod:`fire_reg.geometry` and
+:mod:`fire_reg.transforms`). The learned Registrar and the ``ecc`` baseline use the same code.
+
+* :func:`ecc_on_maps`: OpenCV ``findTransformECC`` (``MOTION_AFFINE``, template = fixed, input =
+  moving, which yields fixed -> moving directly) over an image pyramid, coarse to fine.
+* :func:`fine_stage`: local evidence and a robust fit of a richer model. The moving map is
+  warped into the fixed frame with the current transform; a grid of tiles of the fixed map
+  with enough vessel content is matched there (``cv2.matchTemplate``, normalised correlation,
+  in a small search window, sub-pixel peak); confident matches become point pairs
+  (tile centre p in the fixed map, ``T(p + d)`` in the moving map); the model (quadratic,
+  homography or affine) is fitted by iteratively trimmed least squares; the whole is repeated
+  with a smaller window. A quadratic needs many inliers spread over the common field of view
+  and no fold-over; otherwise the stage falls back to a homography, then an affine, and says
+  why. The residuals of held-out matches (k-fold) estimate the error of the result.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from fire_reg import geometry, imaging, transforms
+
+MIN_ECC_CORRELATION = 0.2  # below it ECC "converged" on unrelated content
+
+
+@dataclass
+class VesselMaps:
+    """Vessel maps (float32 in [0, 1]) and fields of view (bool) of a pair at one working
+    width, with the per-axis scales (map px per original px) of each image."""
+
+    fixed: np.ndarray
+    fixed_fov: np.ndarray
+    moving: np.ndarray
+    moving_fov: np.ndarray
+    fixed_scale: tuple[float, float]
+    moving_scale: tuple[float, float]
+    width: int
+
+    @classmethod
+    def of(cls, fixed, moving, width: int, fixed_mask=None, moving_mask=None) -> "VesselMaps":
+        """Vessel maps of two BGR (or gray) images at ``width`` px wide."""
+        fixed_map, fixed_fov, fixed_scale = imaging.vessel_map(fixed, fixed_mask, width)
+        moving_map, moving_fov, moving_scale = imaging.vessel_map(moving, moving_mask, width)
+        return cls(fixed_map, fixed_fov, moving_map, moving_fov, fixed_scale, moving_scale, width)
+
+    @property
+    def arrays(self):
+        return self.fixed, self.fixed_fov, self.moving, self.moving_fov
+
+    @property
+    def fixed_size(self) -> tuple[int, int]:
+        return self.fixed.shape[1], self.fixed.shape[0]
+
+    def to_maps(self, transform: transforms.Transform) -> transforms.Transform:
+        """An original-pixel transform expressed between these maps."""
+        return transform.rescaled(self.fixed_scale, self.moving_scale)
+
+    def to_full(self, transform: transforms.Transform) -> transforms.Transform:
+        """A transform between these maps expressed in original pixels."""
+        return transform.rescaled(1 / np.asarray(self.fixed_scale), 1 / np.asarray(self.moving_scale))
+
+    def warped(self, transform: transforms.Transform) -> tuple[np.ndarray, np.ndarray]:
+        """(moving map in the fixed frame, its field of view there) through ``transform``
+        (map px); the last few results are cached by transform object."""
+        cache = self.__dict__.setdefault("_warp_cache", {})
+        key = id(transform)
+        if key not in cache or cache[key][0] is not transform:
+            both = np.dstack([self.moving, self.moving_fov.astype(np.float32)])
+            warped = transform.warp(both, self.fixed_size)
+            if len(cache) >= 4:
+                cache.pop(next(iter(cache)))
+            cache[key] = (transform, (warped[..., 0], warped[..., 1] > 0.5))
+        return cache[key][1]
+
+    def similarity(self, transform: transforms.Transform) -> float:
+        """NCC of the fixed map and the warped moving map inside their common field of view;
+        -1 when they hardly overlap."""
+        warped, warped_fov = self.warped(transform)
+        common = self.fixed_fov & warped_fov
+        if common.sum() < max(64, 0.05 * self.fixed_fov.sum()):
+            return -1.0
+        a = self.fixed[common] - self.fixed[common].mean()
+        b = warped[common] - warped[common].mean()
+        return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
+
+    def overlap(self, transform: transforms.Transform) -> float:
+        """Share of the fixed field of view that the moving field of view covers."""
+        _, warped_fov = self.warped(transform)
+        return float((self.fixed_fov & warped_fov).sum() / max(1, self.fixed_fov.sum()))
+
+    def common_points(self, transform: transforms.Transform, step: int = 8) -> np.ndarray:
+        """(N, 2) fixed-map points on a ``step`` px grid inside the common field of view."""
+        ys, xs = np.mgrid[0:self.fixed.shape[0]:step, 0:self.fixed.shape[1]:step]
+        points = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
+        points = points[self.fixed_fov[ys.ravel(), xs.ravel()]]
+        mapped = np.rint(transform.fixed_to_moving(points)).astype(int)
+        height, width = self.moving_fov.shape
+        inside = ((mapped[:, 0] >= 0) & (mapped[:, 0] < width) & (mapped[:, 1] >= 0)
+                  & (mapped[:, 1] < height))
+        inside[inside] = self.moving_fov[mapped[inside, 1], mapped[inside, 0]]
+        return points[inside]
+
+
+# --------------------------------------------------------------------------- ECC
+
+@dataclass(frozen=True)
+class EccOptions:
+    """ECC settings: pyramid ``levels`` (each half the previous size), per-level
+    ``iterations`` and convergence ``epsilon`` (OpenCV's criteria), Gaussian filter size."""
+
+    levels: int = 3
+    iterations: int = 100
+    epsilon: float = 1e-5
+    gauss_filter_size: int = 5
+
+
+def _ecc_call(template, image, template_mask, image_mask, warp, criteria, gauss: int):
+    """One ECC solve; both masks where OpenCV offers it (>= 4.13), else the input's mask."""
+    if hasattr(cv2, "findTransformECCWithMask"):
+        return cv2.findTransformECCWithMask(template, image, template_mask, image_mask, warp,
+                                            cv2.MOTION_AFFINE, criteria, gauss)
+    return cv2.findTransformECC(template, image, warp, cv2.MOTION_AFFINE, criteria, image_mask,
+                                gauss)
+
+
+def _cv_message(error: cv2.error) -> str:
+    """The human part of an OpenCV error ("Iterations do not converge: NaN encountered.")."""
+    found = re.search(r"\(-?\d+:([^)]*)\)\s*(.*?)\s*(?:in function|$)", str(error), re.S)
+    return f"{found[1]}: {found[2]}" if found else str(error).strip()
+
+
+def _ecc_pyramid(vessels, fov, levels: int):
+    """[(vessel map float32, mask uint8 0/255)], the given map first, then halved per level."""
+    pyramid = [(vessels, fov.astype(np.uint8) * 255)]
+    for _ in range(levels - 1):
+        smaller = cv2.pyrDown(pyramid[-1][0])
+        pyramid.append((smaller, cv2.resize(pyramid[-1][1], (smaller.shape[1], smaller.shape[0]),
+                                            interpolation=cv2.INTER_NEAREST)))
+    return pyramid
+
+
+@dataclass(frozen=True)
+class EccOutcome:
+    """``matrix`` (2x3, map px, fixed -> moving) or None when ECC failed, and why."""
+
+    matrix: np.ndarray | None
+    reason: str
+
+
+def ecc_on_maps(maps: VesselMaps, init_matrix, options: EccOptions = EccOptions()) -> EccOutcome:
+    """Affine ECC between the maps of a pair from ``init_matrix`` (2x3, map px).
+
+    Coarse to fine over ``options.levels`` pyramid levels, each started from the previous
+    one's result. Fails (matrix None, with the reason) when OpenCV does not converge or the
+    final correlation is below :data:`MIN_ECC_CORRELATION`.
+    """
+    fixed_levels = _ecc_pyramid(maps.fixed, maps.fixed_fov, options.levels)
+    moving_levels = _ecc_pyramid(maps.moving, maps.moving_fov, options.levels)
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, options.iterations,
+                options.epsilon)
+    matrix = np.asarray(init_matrix, dtype=np.float64)[:2]  # finest-level px throughout
+    rho = float("nan")
+    step = geometry.as_3x3(imaging.PYRDOWN_STEP)
+    for level in range(options.levels - 1, -1, -1):
+        (fixed_small, fixed_mask), (moving_small, moving_mask) = \
+            fixed_levels[level], moving_levels[level]
+        to_level = np.linalg.matrix_power(step, level)  # finest px -> this level's px
+        warp = geometry.compose(to_level, matrix, np.linalg.inv(to_level)).astype(np.float32)
+        try:
+            rho, warp = _ecc_call(fixed_small, moving_small, fixed_mask, moving_mask, warp,
+                                  criteria, options.gauss_filter_size)
+        except cv2.error as error:
+            return EccOutcome(None, f"ECC did not converge at pyramid level {level} "
+                                    f"({fixed_small.shape[1]} px wide): {_cv_message(error)}")
+        matrix = geometry.compose(np.linalg.inv(to_level), warp.astype(np.float64), to_level)
+    if rho < MIN_ECC_CORRELATION:
+        return EccOutcome(None, f"ECC correlation {rho:.3f} < {MIN_ECC_CORRELATION} after warping")
+    return EccOutcome(matrix, f"ECC correlation {rho:.3f}")
+
+
+# --------------------------------------------------------------------------- fine stage
+
+@dataclass(frozen=True)
+class FineOptions:
+    """Settings of :func:`fine_stage`; lengths in px of maps ``reference_width`` px wide
+    (scaled with the actual map width).
+
+    ``tile``: side of the matched tiles; ``step``: their spacing; ``radii``: search radius of
+    each pass (one pass per entry); ``min_score``: lowest accepted normalised correlation;
+    ``min_content``: lowest mean vessel value of a tile; ``trim``: residuals above ``trim`` x
+    the robust sigma (and above ``min_trim_px``) are outliers; ``min_inliers``: per model;
+    ``min_spread``: share of the common field of view that the inliers' convex hull must
+    cover for a quadratic; ``max_bend``: largest departure (fraction of the width) of a
+    quadratic from its best affine over the common field of view; ``folds``: k of the k-fold
+    residuals behind the error estimate.
+    """
+
+    reference_width: int = 512
+    tile: int = 48
+    step: int = 24
+    radii: tuple[int, ...] = (8, 3)
+    min_score: float = 0.5
+    min_content: float = 0.04
+    trim: float = 2.5
+    min_trim_px: float = 0.75
+    min_inliers: dict = field(default_factory=lambda: {"quadratic": 24, "homography": 12,
+                                                       "affine": 6})
+    min_spread: float = 0.25
+    max_bend: float = 0.05
+    folds: int = 4
+
+
+@dataclass
+class Matches:
+    """Point pairs from tile matching, map px: ``fixed`` (N, 2) tile centres, ``moving``
+    (N, 2) their matches in the moving map, ``score`` (N,) normalised correlation."""
+
+    fixed: np.ndarray
+    moving: np.ndarray
+    score: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.fixed)
+
+    def subset(self, keep) -> "Matches":
+        return Matches(self.fixed[keep], self.moving[keep], self.score[keep])
+
+
+@dataclass
+class FineOutcome:
+    """Result of :func:`fine_stage`: the transform (map px), the model kept and why, the
+    inlier matches of the last pass, and the k-fold residual (map px) of held-out matches."""
+
+    transform: transforms.Transform
+    model: str
+    reason: str
+    matches: Matches
+    heldout_residual: float | None
+
+
+def _subpixel(scores: np.ndarray, row: int, col: int) -> tuple[float, float]:
+    """Parabolic sub-pixel offset (dx, dy) of a peak inside a correlation surface."""
+    def offset(minus, centre, plus):
+        denominator = minus - 2 * centre + plus
+        return 0.0 if denominator >= 0 else float(np.clip(0.5 * (minus - plus) / denominator,
+                                                          -0.5, 0.5))
+    dx = offset(scores[row, col - 1], scores[row, col], scores[row, col + 1])
+    dy = offset(scores[row - 1, col], scores[row, col], scores[row + 1, col])
+    return dx, dy
+
+
+def match_tiles(maps: VesselMaps, transform: transforms.Transform, radius: int,
+                options: FineOptions = FineOptions()) -> Matches:
+    """Match tiles of the fixed map in the moving map warped by ``transform`` (map px).
+
+    A tile is used when it lies inside the common field of view and its mean vessel value is
+    at least ``min_content``; its match is kept when the correlation peak is inside the
+    search window (not on its edge) and at least ``min_score``.
+    """
+    unit = maps.width / options.reference_width
+    tile = max(8, int(round(options.tile * unit)))
+    step = max(4, int(round(options.step * unit)))
+    radius = max(2, int(round(radius * unit)))
+    warped, warped_fov = maps.warped(transform)
+    common = (maps.fixed_fov & warped_fov).astype(np.uint8)
+    inner = cv2.erode(common, cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3)),
+                      iterations=1).astype(bool)
+    height, width = maps.fixed.shape
+    fixed_pts, moving_pts, scores = [], [], []
+    for y0 in range(radius, height - tile - radius, step):
+        for x0 in range(radius, width - tile - radius, step):
+            if not inner[y0:y0 + tile:tile - 1, x0:x0 + tile:tile - 1].all():
+                continue
+            template = maps.fixed[y0:y0 + tile, x0:x0 + tile]
+            if template.mean() < options.min_content:
+                continue
+            window = warped[y0 - radius:y0 + tile + radius, x0 - radius:x0 + tile + radius]
+            surface = cv2.matchTemplate(window, template, cv2.TM_CCOEFF_NORMED)
+            _, best, _, (col, row) = cv2.minMaxLoc(surface)
+            if best < options.min_score or not (0 < row < 2 * radius and 0 < col < 2 * radius):
+                continue
+            dx, dy = _subpixel(surface, row, col)
+            centre = (x0 + (tile - 1) / 2.0, y0 + (tile - 1) / 2.0)
+            fixed_pts.append(centre)
+            moving_pts.append((centre[0] + col - radius + dx, centre[1] + row - radius + dy))
+            scores.append(best)
+    if not fixed_pts:
+        empty = np.zeros((0, 2))
+        return Matches(empty, empty, np.zeros(0))
+    fixed_pts = np.asarray(fixed_pts, np.float64)
+    return Matches(fixed_pts, transform.fixed_to_moving(np.asarray(moving_pts, np.float64)),
+                   np.asarray(scores, np.float64))
+
+
+def _residuals(transform: transforms.Transform, matches: Matches) -> np.ndarray:
+    return np.linalg.norm(transform.fixed_to_moving(matches.fixed) - matches.moving, axis=1)
+
+
+def fit_trimmed(model: str, matches: Matches, domain, options: FineOptions = FineOptions(),
+                unit: float = 1.0):
+    """Fit ``model`` by iteratively trimmed least squares (weights = correlation scores).
+
+    Returns (transform, inlier Matches) or (None, reason) when fewer than the model's
+    ``min_inliers`` remain.
+    """
+    keep = np.ones(len(matches), bool)
+    needed = options.min_inliers[model]
+    transform = None
+    for _ in range(6):
+        if keep.sum() < needed:
+            return None, f"{keep.sum()} consistent matches (a {model} needs {needed})"
+        chosen = matches.subset(keep)
+        try:
+            transform = transforms.fit(model, chosen.fixed, chosen.moving, domain=domain,
+                                       weights=chosen.score if model != "homography" else None)
+        except ValueError as error:
+            return None, str(error)
+        residuals = _residuals(transform, matches)
+        sigma = 1.4826 * np.median(residuals[keep])
+        new_keep = residuals <= max(options.trim * sigma, options.min_trim_px * unit)
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    if keep.sum() < needed:
+        return None, f"{keep.sum()} consistent matches (a {model} needs {needed})"
+    return transform, matches.subset(keep)
+
+
+def _hull_share(points: np.ndarray, area: float) -> float:
+    if len(points) < 3 or area <= 0:
+        return 0.0
+    hull = cv2.convexHull(points.astype(np.float32))
+    return float(cv2.contourArea(hull) / area)
+
+
+def plausible_quadratic(transform: transforms.Transform, domain: np.ndarray, width: int,
+                        max_bend: float) -> str | None:
+    """Why a quadratic is implausible over ``domain`` (fold-over: a Jacobian determinant
+    <= 0; a bend from its best affine above ``max_bend`` x ``width``), or None."""
+    if len(domain) < 3:
+        return "no common field of view"
+    (_, a1, a2, a3, a4, a5), (_, b1, b2, b3, b4, b5) = transform.arrays()[0]
+    x, y = domain.T
+    det = ((a1 + 2 * a3 * x + a4 * y) * (b2 + b4 * x + 2 * b5 * y)
+           - (a2 + a4 * x + 2 * a5 * y) * (b1 + 2 * b3 * x + b4 * y))
+    if det.min() <= 0:
+        return "the quadratic folds over inside the common field of view"
+    affine = transform.best_affine(domain)
+    bend = np.linalg.norm(transform.fixed_to_moving(domain) - geometry.apply(affine, domain),
+                          axis=1).max()
+    if bend > max_bend * width:
+        return f"the quadratic bends {bend:.1f} px from an affine (limit {max_bend * width:.1f})"
+    return None
+
+
+def heldout_residual(model: str, matches: Matches, domain, folds: int) -> float | None:
+    """Median distance (map px) between held-out matches and the ``model`` fitted to the
+    others (k-fold): an estimate of the error at points the fit never saw."""
+    needed = transforms.MIN_POINTS[model] * 2
+    if len(matches) < max(needed, folds * 2):
+        return None
+    order = np.random.default_rng(0).permutation(len(matches))
+    errors = []
+    for fold in range(folds):
+        test = order[fold::folds]
+        train = np.setdiff1d(order, test)
+        try:
+            fitted = transforms.fit(model, matches.fixed[train], matches.moving[train],
+                                    domain=domain)
+        except ValueError:
+            return None
+        errors.append(_residuals(fitted, matches.subset(test)))
+    return float(np.median(np.concatenate(errors)))
+
+
+def fine_stage(maps: VesselMaps, start: transforms.Transform, model: str = "quadratic",
+               options: FineOptions = FineOptions()) -> FineOutcome:
+    """Fit ``model`` (or the next simpler one the evidence supports) from ``start`` (map px).
+
+    Models are tried in the order quadratic, homography, affine starting at ``model``; when
+    even an affine has too little evidence the ``start`` is returned unchanged with the reason.
+    """
+    order = transforms.MODELS[::-1]
+    candidates = order[order.index(model):]
+    unit = maps.width / options.reference_width
+    current, kept, notes = start, None, []
+    inliers = Matches(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0))
+    for radius in options.radii:
+        matches = match_tiles(maps, current, radius, options)
+        domain = maps.common_points(current)
+        area = len(domain) * 64.0  # grid of 8 px
+        notes = []
+        for candidate in candidates:
+            fitted, found = fit_trimmed(candidate, matches, domain, options, unit)
+            if fitted is None:
+                notes.append(f"no {candidate}: {found}")
+                continue
+            if candidate == "quadratic":
+                spread = _hull_share(found.fixed, area)
+                problem = (f"matches cover {spread:.0%} of the common field of view (needs "
+                           f"{options.min_spread:.0%})" if spread < options.min_spread else
+                           plausible_quadratic(fitted, domain, maps.width, options.max_bend))
+                if problem:
+                    notes.append(f"no quadratic: {problem}")
+                    continue
+            current, kept, inliers = fitted, candidate, found
+            break
+        if kept is None:
+            break
+    if kept is None:
+        return FineOutcome(start, start.model, "; ".join(notes) or "no matches", inliers, None)
+    reason = f"{kept} from {len(inliers)} tile matches"
+    if kept != model:
+        reason += f" ({'; '.join(notes)})"
+    residual = heldout_residual(kept, inliers, maps.common_points(current), options.folds)
+    return FineOutcome(current, kept, reason, inliers, residual)

@@ -1,0 +1,151 @@
+"""Trust: how far a registration is likely off, and a status built on evidence.
+
+The evidence is independent of what the optimisers maximised: a fresh set of local tile
+matches (:func:`fire_reg.refine.match_tiles`, normalised correlation of vessel-map tiles in a
+search window around where the transform puts them) between the fixed map and the moving map
+warped by the final transform. A robust quadratic through those matches says where the
+retina really is; its distance from the transform over the common field of view, combined with
+the held-out (k-fold) residual of the matches, is ``estimated_error_px`` (px of the fixed image
+given to the Registrar). Consensus (the share of tiles that agree) tells a real pair from an
+unrelated one. Plausibility checks on the transform (scale, reflection, anisotropy, shear,
+fold-over of a quadratic) and the overlap of the two fields of view complete the verdict:
+
+* ``failed``: a reflection, an impossible scale, or almost no overlap;
+* ``suspect``: too little consensus or evidence, an estimated error above ``max_error_fire_px``
+  (FIRE-equivalent px: px x 2912 / fixed width), or any other check failed, with every reason;
+* ``ok`` otherwise.
+
+The thresholds are :class:`TrustOptions` fields, calibrated on the benchmark sets (README).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fire_reg import geometry, refine, transforms
+
+FIRE_WIDTH = 2912
+
+
+@dataclass(frozen=True)
+class TrustOptions:
+    """Thresholds of :func:`judge`; lengths in px of a 512 px wide working map unless named.
+
+    ``radius``: search radius of the evidence matches; ``consensus_px``: a match agrees
+    when within this distance of the robust fit; ``min_consensus`` / ``min_consensus_share``:
+    agreeing matches needed (count, share of all matches); ``max_error_fire_px``: largest
+    estimated error still "ok"; ``scale_range``: plausible sqrt(|det|) of the best affine
+    between working maps (both images at the same width); ``max_anisotropy``: largest ratio
+    of the two axis scales; ``max_shear``; ``min_overlap``: share of the fixed field of view
+    below which a result fails.
+    """
+
+    radius: int = 8
+    consensus_px: float = 1.5
+    min_consensus: int = 12
+    min_consensus_share: float = 0.35
+    max_error_fire_px: float = 25.0
+    scale_range: tuple[float, float] = (0.67, 1.5)
+    max_anisotropy: float = 1.25
+    max_shear: float = 0.15
+    min_overlap: float = 0.05
+    fine: refine.FineOptions = field(default_factory=refine.FineOptions)
+
+
+@dataclass
+class Verdict:
+    """Status, reasons, estimated error (fixed-image px), overlap and the checks made."""
+
+    status: str
+    reason: str
+    estimated_error_px: float | None
+    overlap: float
+    checks: dict
+
+
+def shape_checks(matrix, options: TrustOptions) -> dict:
+    """Plausibility of a 2x3 affine between working maps: {name: {"value", "ok"}}."""
+    linear = np.asarray(matrix, dtype=np.float64)[:, :2]
+    det = float(np.linalg.det(linear))
+    checks = {"reflection": {"value": det, "ok": det > 0},
+              "scale": {"value": float(np.sqrt(abs(det))),
+                        "ok": options.scale_range[0] <= np.sqrt(abs(det)) <= options.scale_range[1]}}
+    if det > 0:
+        params = geometry.params_from_matrix(matrix)
+        ratio = max(params.sx / params.sy, params.sy / params.sx)
+        checks["anisotropy"] = {"value": float(ratio), "ok": ratio <= options.max_anisotropy}
+        checks["shear"] = {"value": float(params.shear), "ok": abs(params.shear) <= options.max_shear}
+    return checks
+
+
+def evidence(maps: refine.VesselMaps, transform: transforms.Transform,
+             options: TrustOptions) -> dict:
+    """Fresh tile matches around ``transform`` (map px) and what they say: ``matches``,
+    ``consensus`` (count agreeing with a robust quadratic), ``share``, ``departure_px``
+    (median distance between that quadratic and ``transform`` over the common field of view)
+    and ``heldout_px`` (k-fold residual), all in map px; None entries when too few matches."""
+    unit = maps.width / options.fine.reference_width
+    matches = refine.match_tiles(maps, transform, options.radius, options.fine)
+    found = {"matches": len(matches), "consensus": 0, "share": 0.0, "departure_px": None,
+             "heldout_px": None}
+    if len(matches) < options.min_consensus:
+        return found
+    domain = maps.common_points(transform)
+    for model in ("quadratic", "homography", "affine"):
+        fitted, inliers = refine.fit_trimmed(model, matches, domain, options.fine, unit)
+        if fitted is not None:
+            break
+    if fitted is None:
+        return found
+    residuals = np.linalg.norm(fitted.fixed_to_moving(matches.fixed) - matches.moving, axis=1)
+    agreeing = residuals <= options.consensus_px * unit
+    found.update(consensus=int(agreeing.sum()), share=float(agreeing.mean()))
+    if len(domain):
+        found["departure_px"] = float(np.median(np.linalg.norm(
+            fitted.fixed_to_moving(domain) - transform.fixed_to_moving(domain), axis=1)))
+    found["heldout_px"] = refine.heldout_residual(model, inliers, domain, options.fine.folds)
+    return found
+
+
+def judge(maps: refine.VesselMaps, transform: transforms.Transform, fixed_size,
+          options: TrustOptions = TrustOptions()) -> Verdict:
+    """The verdict on ``transform`` (working-map px, fixed -> moving) of a pair whose fixed
+    image is ``fixed_size`` (W, H) px."""
+    domain = maps.common_points(transform)
+    matrix = transform.best_affine(domain if len(domain) >= 3 else
+                                   geometry.grid_points(maps.fixed_size))
+    checks = shape_checks(matrix, options)
+    if transform.model == "quadratic":
+        problem = refine.plausible_quadratic(transform, domain, maps.width, options.fine.max_bend)
+        checks["quadratic"] = {"value": problem or "monotonic, no fold-over", "ok": problem is None}
+    overlap = maps.overlap(transform)
+    checks["overlap"] = {"value": overlap, "ok": overlap >= options.min_overlap}
+    found = evidence(maps, transform, options) if overlap >= options.min_overlap else {}
+    to_image = fixed_size[0] / maps.width  # map px -> fixed-image px
+    estimate = None
+    if found.get("departure_px") is not None:
+        noise = found["heldout_px"] or 0.0
+        estimate = float(np.hypot(found["departure_px"], noise)) * to_image
+    checks["evidence"] = {"value": {k: v for k, v in found.items()}, "ok": bool(
+        found and found["consensus"] >= options.min_consensus
+        and found["share"] >= options.min_consensus_share)}
+    max_error = options.max_error_fire_px * fixed_size[0] / FIRE_WIDTH
+    checks["estimated_error"] = {"value": estimate, "ok": estimate is not None
+                                 and estimate <= max_error}
+    problems = [f"{name} {_describe(check['value'])}" for name, check in checks.items()
+                if not check["ok"]]
+    fatal = [name for name in ("reflection", "scale", "overlap") if not checks[name]["ok"]]
+    status = "failed" if fatal else ("suspect" if problems else "ok")
+    reason = ("checks passed" if not problems else "; ".join(problems))
+    if estimate is not None:
+        reason += f" (estimated error {estimate:.1f} px)"
+    return Verdict(status, reason, estimate, overlap, checks)
+
+
+def _describe(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_describe(v)}" for k, v in value.items())
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "none" if value is None else str(value)
