@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from fire_reg.errors import InputError, write_json, write_text
+from fire_reg.errors import InputError, exclusive_output, write_json, write_text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,11 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="FIRE protocol: model vs baselines")
     evaluate.add_argument("--fire", required=True, help="FIRE-layout folder")
     evaluate.add_argument("--out", required=True, help="output folder")
-    evaluate.add_argument("--baselines", default="sift,orb,ecc",
-                          help="comma-separated: sift, orb, ecc (default all; '' for none)")
+    evaluate.add_argument("--baselines", default="sift,sift-homography,orb,ecc",
+                          help="comma-separated: sift, sift-homography, orb, ecc (default "
+                               "sift,sift-homography,orb,ecc; '' for none)")
     evaluate.add_argument("--no-model", action="store_true", help="score the baselines only")
     evaluate.add_argument("--overlays", type=int, default=2,
                           help="overlays of the N best and N worst pairs")
+    evaluate.add_argument("--resume", action="store_true",
+                          help="keep the pairs an interrupted evaluation already finished")
     _registrar_options(evaluate)
 
     train = commands.add_parser("train", help="train the network on prepared shards")
@@ -89,130 +92,153 @@ def _registrar_options(parser) -> None:
     parser.add_argument("--model", help="a .keras model (default: the shipped weights)")
     parser.add_argument("--iterations", type=int, default=2, help="network passes (coarse to fine)")
     parser.add_argument("--refine", choices=("ecc", "none"), default="ecc",
-                        help="local refinement after the network")
+                        help="affine ECC refinement after the network")
     parser.add_argument("--refine-width", type=int,
                         help="also polish with ECC at this width in px (e.g. 1024): more "
                              "accurate on large images, about 4x slower")
+    parser.add_argument("--transform", choices=("quadratic", "homography", "affine", "none"),
+                        default="quadratic",
+                        help="richest model of the fine stage (default quadratic: the curved "
+                             "retina; it falls back to homography, then affine, on thin "
+                             "evidence); none: network + ECC affine only")
+
+
+REGISTRAR_FLAGS = {"iterations": "--iterations", "refine width": "--refine-width",
+                   "work width": "--work-width"}
 
 
 def _registrar(args):
     from fire_reg.registrar import Registrar
 
-    return Registrar(args.model, iterations=args.iterations, refine=args.refine,
-                     refine_width=args.refine_width)
+    try:
+        return Registrar(args.model, iterations=args.iterations, refine=args.refine,
+                         refine_width=args.refine_width, transform=args.transform)
+    except ValueError as error:
+        flag = next((f for key, f in REGISTRAR_FLAGS.items() if str(error).startswith(key)),
+                    "register")
+        raise InputError(flag, str(error)) from None
 
 
-def register_pair(registrar, fixed_path, moving_path, out_dir):
-    """Register two files and write transform.json (+ ITK transform.tfm), warped.png and
-    overlay.png to ``out_dir``."""
-    import cv2
+def _batch_pairs(source) -> tuple[list[tuple[str, Path, Path]], list[InputError]]:
+    """(id, fixed, moving) rows and bad rows from a CSV list (header fixed,moving[,id]; paths
+    relative to the CSV) or a FIRE-layout folder (control points not needed).
 
-    from fire_reg import imaging, visualize
-    from fire_reg.errors import atomic_path
-
-    fixed = imaging.read_image(fixed_path)
-    moving = imaging.read_image(moving_path)
-    result = registrar.register(fixed, moving)
-    out_dir = Path(out_dir)
-    warped = visualize.warp_to_fixed(moving, result.matrix, result.fixed_size)
-    with atomic_path(out_dir / "warped.png") as tmp:
-        if not cv2.imwrite(str(tmp), warped):
-            raise OSError(f"could not write {out_dir / 'warped.png'}")
-    visualize.save_overlay_panel(out_dir / "overlay.png", fixed, moving, result.matrix,
-                                 title=f"{Path(moving_path).name} -> {Path(fixed_path).name}: "
-                                       f"{result.status}")
-    record = result.to_json()
-    record.update(fixed=str(fixed_path), moving=str(moving_path))
-    write_text(out_dir / "transform.tfm", result.to_itk())
-    write_json(out_dir / "transform.json", record)
-    return result
-
-
-def _batch_pairs(source) -> list[tuple[str, Path, Path]]:
-    """(id, fixed, moving) from a CSV list (header fixed,moving[,id]; paths relative to the CSV)
-    or a FIRE-layout folder (Images/<ID>_1.*, Images/<ID>_2.*; control points not needed)."""
-    from fire_reg import imaging
+    InputError when the list itself is unusable (missing, not a CSV, no header); a bad row
+    (missing column, duplicate or unsafe id) is returned as an InputError naming its line.
+    """
+    from fire_reg import fire
 
     source = Path(source)
     if source.is_dir():
-        sides: dict[str, dict[str, Path]] = {}
-        for path in sorted((source / "Images").glob("*_[12].*")):
-            if path.suffix.lower() in imaging.IMAGE_SUFFIXES:
-                sides.setdefault(path.stem[:-2], {})[path.stem[-1]] = path
-        pairs = [(pid, found["1"], found["2"]) for pid, found in sides.items()
-                 if set(found) == {"1", "2"}]
-        if not pairs:
-            raise InputError(source, "no pairs found: expected Images/<ID>_1.* and Images/<ID>_2.*")
-    elif source.is_file():
-        with open(source, newline="") as handle:
-            reader = csv.DictReader(handle)
-            if not {"fixed", "moving"} <= set(reader.fieldnames or ()):
-                raise InputError(source, "batch CSV needs a header with columns fixed,moving[,id]")
-            rows = list(reader)
-        pairs = []
-        for line, row in enumerate(rows, start=2):
-            if not row.get("fixed") or not row.get("moving"):
-                raise InputError(source, f"line {line}: needs both a fixed and a moving image")
-            pairs.append((row.get("id") or f"pair{line - 1:04d}", source.parent / row["fixed"],
-                          source.parent / row["moving"]))
-    else:
+        return fire.image_pairs(source)
+    if not source.is_file():
         raise InputError(source, "batch list not found")
-    ids = [pid for pid, _, _ in pairs]
-    for pid in ids:
-        if Path(pid).name != pid or pid in ("", ".", ".."):
-            raise InputError(source, f"pair id {pid!r} is not a plain folder name")
-        if ids.count(pid) > 1:
-            raise InputError(source, f"pair id {pid!r} appears twice")
-    return pairs
+    try:
+        with open(source, newline="", encoding="utf-8-sig") as handle:  # Excel writes a BOM
+            reader = csv.DictReader(handle)
+            fields = set(reader.fieldnames or ())
+            rows = list(reader)
+    except PermissionError:
+        raise InputError(source, "permission denied") from None
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise InputError(source, f"not a text CSV file ({type(error).__name__})") from None
+    if not {"fixed", "moving"} <= fields:
+        raise InputError(source, "batch CSV needs a header line with columns fixed,moving[,id]")
+    pairs, problems, seen = [], [], set()
+    for line, row in enumerate(rows, start=2):
+        pair_id = (row.get("id") or "").strip() or f"pair{line - 1:04d}"
+        if not row.get("fixed") or not row.get("moving"):
+            problems.append(InputError(f"{source}:{line}", f"row {pair_id} needs both a fixed "
+                                                           "and a moving image"))
+        elif Path(pair_id).name != pair_id or pair_id in (".", "..") or pair_id in seen:
+            problems.append(InputError(f"{source}:{line}", f"pair id {pair_id!r} is not a plain "
+                                                           "folder name or appears twice"))
+        else:
+            pairs.append((pair_id, source.parent / row["fixed"], source.parent / row["moving"]))
+        seen.add(pair_id)
+    return pairs, problems
 
 
 def cmd_register(args) -> int:
-    if args.batch:
-        if args.fixed or args.moving:
-            raise InputError(args.batch, "give either FIXED MOVING or --batch, not both")
-        pairs = _batch_pairs(args.batch)
-    elif args.fixed and args.moving:
-        pairs = [(None, Path(args.fixed), Path(args.moving))]
-    else:
-        raise InputError("register", "needs FIXED and MOVING images, or --batch LIST")
     from fire_reg import imaging
+    from fire_reg.result import write_files
 
-    for _, fixed, moving in pairs:  # every header checked before the model loads
-        imaging.image_size(fixed)
-        imaging.image_size(moving)
-    registrar = _registrar(args)
+    if args.batch and (args.fixed or args.moving):
+        raise InputError(args.batch, "give either FIXED MOVING or --batch, not both")
+    if not args.batch:
+        if not (args.fixed and args.moving):
+            raise InputError("register", "needs FIXED and MOVING images, or --batch LIST")
+        for path in (args.fixed, args.moving):  # headers checked before the model loads
+            imaging.image_size(path)
+        registrar = _registrar(args)
+        result = registrar.register_files(args.fixed, args.moving)
+        write_files(args.out, result, args.fixed, args.moving)
+        print(f"{result.status}: {result.reason}; {result.seconds:.2f} s; wrote {args.out}/"
+              "transform.json, transform.tfm, warped.png, overlay.png")
+        return 0
+    return _register_batch(args, write_files)
+
+
+def _register_batch(args, write_files) -> int:
+    """Register every usable row; bad rows are reported in batch.json and failures.csv and
+    make the exit status 2, but never stop the other rows."""
     from tqdm.auto import tqdm
 
-    start = time.perf_counter()
+    pairs, problems = _batch_pairs(args.batch)
+    failures = {str(p.path): p.problem for p in problems}
     summary = {}
-    for pair_id, fixed, moving in tqdm(pairs, desc="register", unit="pair",
-                                       disable=len(pairs) == 1):
-        out = Path(args.out) / pair_id if pair_id else Path(args.out)
-        result = register_pair(registrar, fixed, moving, out)
-        summary[pair_id or "pair"] = {"status": result.status, "seconds": result.seconds,
-                                      "folder": str(out)}
-        if pair_id is None:
-            print(f"{result.status}: {result.reason}; {result.seconds:.2f} s; "
-                  f"wrote {out}/transform.json, transform.tfm, warped.png, overlay.png")
-    if args.batch:
-        elapsed = time.perf_counter() - start
-        write_json(Path(args.out) / "batch.json", {"pairs": summary, "seconds": elapsed,
-                                                    "pairs_per_second": len(pairs) / elapsed})
-        print(f"registered {len(pairs)} pairs in {elapsed:.1f} s "
-              f"({len(pairs) / elapsed:.2f} pairs/s); wrote {args.out}/batch.json")
+    registrar = _registrar(args) if pairs else None
+    start = time.perf_counter()
+    for pair_id, fixed, moving in tqdm(pairs, desc="register", unit="pair"):
+        out = Path(args.out) / pair_id
+        try:
+            result = registrar.register_files(fixed, moving)
+            write_files(out, result, fixed, moving)
+        except InputError as error:
+            failures[pair_id] = str(error)
+            continue
+        summary[pair_id] = {"status": result.status, "reason": result.reason,
+                            "seconds": result.seconds,
+                            "estimated_error_px": result.estimated_error_px,
+                            "folder": str(out)}
+    elapsed = time.perf_counter() - start
+    write_json(Path(args.out) / "batch.json", {
+        "pairs": summary, "failures": failures, "seconds": elapsed,
+        "pairs_per_second": len(summary) / elapsed if summary else 0.0})
+    write_text(Path(args.out) / "failures.csv", "id,problem\n" + "".join(
+        f"{_csv_cell(pair_id)},{_csv_cell(problem)}\n" for pair_id, problem in failures.items()))
+    print(f"registered {len(summary)} pairs in {elapsed:.1f} s; {len(failures)} failed "
+          f"(listed in {args.out}/failures.csv); wrote {args.out}/batch.json")
+    if failures:
+        raise InputError(args.batch, f"{len(failures)} row(s) could not be registered "
+                                     f"(see {Path(args.out) / 'failures.csv'})")
     return 0
 
 
+def _csv_cell(text: str) -> str:
+    return '"' + str(text).replace('"', '""') + '"'
+
+
 def cmd_evaluate(args) -> int:
+    from fire_reg import baselines, fire
     from fire_reg.tester import Tester
 
-    names = [n.strip() for n in args.baselines.split(",") if n.strip()]
-    registrar = None if args.no_model else _registrar(args)
-    tester = Tester(args.fire, args.out, registrar=registrar, baseline_names=names,
-                    overlays=args.overlays)
+    problems = fire.verify_layout(args.fire)  # bad input fails before the model loads
+    for problem in problems:
+        print(problem)
+    if problems:
+        raise InputError(args.fire, f"{len(problems)} problem(s) found (listed above)")
+    try:
+        chosen = [baselines.get(n.strip()) for n in args.baselines.split(",") if n.strip()]
+    except ValueError as error:
+        raise InputError("--baselines", str(error)) from None
+    methods = ([] if args.no_model else [_registrar(args)]) + [
+        m for m in chosen if m.name != "identity"] + [baselines.get("identity")]
+    tester = Tester(args.fire, args.out, methods, overlays=args.overlays, resume=args.resume)
     tester.run()
     print((Path(args.out) / "report.md").read_text())
-    print(f"wrote {args.out}/results.json, report.md, success_curves.png, error_boxplot.png")
+    print(f"wrote {args.out}/results.json, report.md, success_curves.png, error_boxplot.png, "
+          "trust.png")
     return 0
 
 
@@ -297,7 +323,11 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        out = getattr(args, "out", None)
+        if out is None:
+            return COMMANDS[args.command](args)
+        with exclusive_output(out):
+            return COMMANDS[args.command](args)
     except InputError as error:
         print(f"fire-reg: error: {error}", file=sys.stderr)
         return 2

@@ -193,6 +193,27 @@ def _pair_from_files(root: Path, pair_id: str, files: dict[str, list[Path]]) -> 
     return FirePair(pair_id, pair_id[0], files["1"][0], files["2"][0], files["points"][0])
 
 
+def image_pairs(root) -> tuple[list[tuple[str, Path, Path]], list[InputError]]:
+    """(id, fixed, moving) of every pair of a FIRE-layout folder that has both images
+    (control points not needed, e.g. for ``fire-reg register --batch``), and one InputError
+    per pair with an image missing or ambiguous. InputError when ``root`` is missing or holds
+    no images at all."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "folder not found")
+    pairs, problems = [], []
+    for pair_id, files in sorted(_scan(root).items(), key=lambda item: _sort_key(item[0])):
+        try:
+            pair = _pair_from_files(root, pair_id, {**files, "points": files["points"] or [None]})
+        except InputError as error:
+            problems.append(error)
+            continue
+        pairs.append((pair.id, pair.fixed_path, pair.moving_path))
+    if not pairs and not problems:
+        raise InputError(root, f"no pairs found: expected {IMAGES}/<ID>_1.* and {IMAGES}/<ID>_2.*")
+    return pairs, problems
+
+
 def _pairs(root: Path) -> tuple[list[FirePair], list[InputError]]:
     """All complete pairs in sorted order, and one InputError per incomplete pair."""
     if not root.is_dir():
