@@ -95,7 +95,7 @@ class VesselMaps:
         _, warped_fov = self.warped(transform)
         return float((self.fixed_fov & warped_fov).sum() / max(1, self.fixed_fov.sum()))
 
-    def common_points(self, transform: transforms.Transform, step: int = 8) -> np.ndarray:
+    def common_points(self, transform: transforms.Transform, step: int = 16) -> np.ndarray:
         """(N, 2) fixed-map points on a ``step`` px grid inside the common field of view."""
         ys, xs = np.mgrid[0:self.fixed.shape[0]:step, 0:self.fixed.shape[1]:step]
         points = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
@@ -316,10 +316,8 @@ def fit_trimmed(model: str, matches: Matches, domain, options: FineOptions = Fin
     for _ in range(6):
         if keep.sum() < needed:
             return None, f"{keep.sum()} consistent matches (a {model} needs {needed})"
-        chosen = matches.subset(keep)
         try:
-            transform = transforms.fit(model, chosen.fixed, chosen.moving, domain=domain,
-                                       weights=chosen.score if model != "homography" else None)
+            transform = _weighted_fit(model, matches.subset(keep))
         except ValueError as error:
             return None, str(error)
         residuals = _residuals(transform, matches)
@@ -330,7 +328,17 @@ def fit_trimmed(model: str, matches: Matches, domain, options: FineOptions = Fin
         keep = new_keep
     if keep.sum() < needed:
         return None, f"{keep.sum()} consistent matches (a {model} needs {needed})"
-    return transform, matches.subset(keep)
+    inliers = matches.subset(keep)
+    if model == "quadratic":  # the inverse is fitted once, over the domain
+        transform = transforms.Quadratic.from_forward(transform.arrays()[0], domain)
+    return transform, inliers
+
+
+def _weighted_fit(model: str, matches: Matches) -> transforms.Transform:
+    """``transforms.fit`` weighted by the correlation scores (a homography unweighted);
+    a quadratic's inverse is only fitted roughly here (over the matches' bounding box)."""
+    weights = None if model == "homography" else matches.score
+    return transforms.fit(model, matches.fixed, matches.moving, weights=weights)
 
 
 def _hull_share(points: np.ndarray, area: float) -> float:
@@ -360,7 +368,7 @@ def plausible_quadratic(transform: transforms.Transform, domain: np.ndarray, wid
     return None
 
 
-def heldout_residual(model: str, matches: Matches, domain, folds: int) -> float | None:
+def heldout_residual(model: str, matches: Matches, folds: int) -> float | None:
     """Median distance (map px) between held-out matches and the ``model`` fitted to the
     others (k-fold): an estimate of the error at points the fit never saw."""
     needed = transforms.MIN_POINTS[model] * 2
@@ -372,8 +380,7 @@ def heldout_residual(model: str, matches: Matches, domain, folds: int) -> float 
         test = order[fold::folds]
         train = np.setdiff1d(order, test)
         try:
-            fitted = transforms.fit(model, matches.fixed[train], matches.moving[train],
-                                    domain=domain)
+            fitted = _weighted_fit(model, matches.subset(train))
         except ValueError:
             return None
         errors.append(_residuals(fitted, matches.subset(test)))
@@ -395,7 +402,7 @@ def fine_stage(maps: VesselMaps, start: transforms.Transform, model: str = "quad
     for radius in options.radii:
         matches = match_tiles(maps, current, radius, options)
         domain = maps.common_points(current)
-        area = len(domain) * 64.0  # grid of 8 px
+        area = len(domain) * 256.0  # one point per 16 x 16 px
         notes = []
         for candidate in candidates:
             fitted, found = fit_trimmed(candidate, matches, domain, options, unit)
@@ -419,5 +426,5 @@ def fine_stage(maps: VesselMaps, start: transforms.Transform, model: str = "quad
     reason = f"{kept} from {len(inliers)} tile matches"
     if kept != model:
         reason += f" ({'; '.join(notes)})"
-    residual = heldout_residual(kept, inliers, maps.common_points(current), options.folds)
+    residual = heldout_residual(kept, inliers, options.folds)
     return FineOutcome(current, kept, reason, inliers, residual)

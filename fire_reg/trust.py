@@ -104,7 +104,7 @@ def evidence(maps: refine.VesselMaps, transform: transforms.Transform,
     if len(domain):
         found["departure_px"] = float(np.median(np.linalg.norm(
             fitted.fixed_to_moving(domain) - transform.fixed_to_moving(domain), axis=1)))
-    found["heldout_px"] = refine.heldout_residual(model, inliers, domain, options.fine.folds)
+    found["heldout_px"] = refine.heldout_residual(model, inliers, options.fine.folds)
     return found
 
 

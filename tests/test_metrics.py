@@ -102,3 +102,27 @@ def test_markdown_table_lists_every_method():
     assert "| sift |" in table and "| identity |" in table
     assert all(line.count("|") == lines[0].count("|") for line in lines)
     assert "n/a" in lines[3]  # identity: no inaccurate share, no seconds
+
+
+def test_quadratic_error_uses_its_exact_inverse():
+    from fire_reg import transforms
+
+    forward = [[2.0, 1.0, 0.0, 1e-4, 0.0, 0.0], [-1.0, 0.0, 1.0, 0.0, 0.0, 1e-4]]
+    quadratic = transforms.Quadratic.from_forward(forward, FIXED_PTS)
+    moving = quadratic.fixed_to_moving(FIXED_PTS)
+    np.testing.assert_allclose(metrics.pair_error(quadratic, FIXED_PTS, moving), 0.0, atol=1e-6)
+
+
+def test_trust_summary_counts_agreement_and_close_estimates():
+    entries = [{"status": "ok", "error_px": 1.0, "estimated_error_px": 1.5},      # right, close
+               {"status": "ok", "error_px": 40.0, "estimated_error_px": 3.0},     # wrong ok
+               {"status": "suspect", "error_px": 60.0, "estimated_error_px": 50.0},
+               {"status": "failed", "error_px": 2.0, "estimated_error_px": None}]
+    summary = metrics.trust_summary(entries)
+    assert summary["ok_agrees"] == 0.5 and summary["ok_over_25"] == 1
+    assert summary["estimate_close"] == 0.5
+    assert summary["confusion"]["ok"] == {"within_25": 1, "over_25": 1}
+    table = metrics.trust_table({"fire-reg": summary})
+    assert "| fire-reg | 1 / 1 | 0 / 1 | 1 / 0 | 50.0% | 50.0% |" in table
+    assert metrics.estimate_close(3.9, 2.0) and not metrics.estimate_close(9.0, 2.0)
+    assert metrics.estimate_close(70.0, 40.0) and not metrics.estimate_close(90.0, 40.0)

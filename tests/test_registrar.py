@@ -3,7 +3,7 @@ import keras
 import numpy as np
 import pytest
 
-from fire_reg import geometry, imaging, network
+from fire_reg import geometry, imaging, metrics, network
 from fire_reg.errors import InputError
 from fire_reg.fire import FireDataset
 from fire_reg.registrar import Registrar, load_model
@@ -25,19 +25,21 @@ def test_coarse_to_fine_composes_residuals():
     moving = np.zeros((100, 150, 3), np.uint8)  # half size: letterbox maps scale too
     for passes in (1, 2):
         registrar = Registrar(constant_model(0.25), iterations=passes, refine=None,
-                              min_similarity=-2)
+                              transform="none")
         result = registrar.register(fixed, moving)
         # in the letterboxed square (32 px for both) a shift of 0.25 normalised = 4 px
         box = geometry.pixel_from_letterboxed(
             geometry.pixel_from_normalized([[1, 0, 0.25 * passes], [0, 1, 0]], (32, 32),
                                            (32, 32)), (300, 200), (150, 100), 32)
         np.testing.assert_allclose(result.matrix, box, atol=1e-6)
+        assert result.transform.model == "affine"
         assert result.fixed_size == (300, 200) and result.moving_size == (150, 100)
+        assert result.status == "failed"  # blank images: no overlap of fields of view
 
 
 def test_identity_model_with_ecc_recovers_small_motion(small_fire):
     pair = FireDataset(small_fire)["S01"]
-    registrar = Registrar(constant_model(0.0), iterations=1, refine="ecc")
+    registrar = Registrar(constant_model(0.0), iterations=1, refine="ecc", transform="none")
     result = registrar.register(pair.image("fixed"), pair.image("moving"))
     truth, _ = pair.ground_truth()
     grid = geometry.grid_points(pair.size("fixed"))
@@ -48,37 +50,65 @@ def test_identity_model_with_ecc_recovers_small_motion(small_fire):
     record = result.to_json()
     assert record["maps"] == "fixed_xy_to_moving_xy" and record["units"] == "pixels"
     assert np.asarray(record["inverse"]).shape == (2, 3)
+    assert record["transform"]["model"] == "affine"
+
+
+@pytest.mark.parametrize("model", ["quadratic", "homography", "affine"])
+def test_fine_stage_returns_the_requested_model_and_is_more_accurate(small_fire, model):
+    pair = FireDataset(small_fire)["S02"]
+    fixed_pts, moving_pts = pair.control_points()
+    registrar = Registrar(constant_model(0.0), iterations=1, transform=model, work_width=384)
+    result = registrar.register(pair.image("fixed"), pair.image("moving"))
+    assert result.transform.model == model, result.reason
+    assert f"{model} from" in result.reason
+    ecc = result.stages["ecc_384px"]
+    assert metrics.fire_error(result.transform, fixed_pts, moving_pts) <= \
+        metrics.fire_error(ecc, fixed_pts, moving_pts) + 0.1
+    assert metrics.fire_error(result.transform, fixed_pts, moving_pts) < 1.0
+    record = result.to_json()
+    assert record["transform"]["model"] == model and record["estimated_error_px"] is not None
+    common = geometry.grid_points(pair.size("fixed"), 12)[40:-40]
+    assert result.transform.inverse_error(common) < 0.1
 
 
 def test_fine_refinement_at_a_larger_width(small_fire):
     """With refine_width the ECC polish runs on finer maps and is recorded as a stage."""
     pair = FireDataset(small_fire)["S02"]
     registrar = Registrar(constant_model(0.0), iterations=1, refine="ecc", work_width=128,
-                          refine_width=384)
+                          refine_width=384, transform="none")
     result = registrar.register(pair.image("fixed"), pair.image("moving"))
     truth, _ = pair.ground_truth()
     grid = geometry.grid_points(pair.size("fixed"))
     assert "ecc_384px" in result.stages and "ecc_128px" in result.stages
     assert geometry.mean_point_distance(result.matrix, truth, grid) < \
-        geometry.mean_point_distance(result.stages["ecc_128px"], truth, grid) + 0.05
+        geometry.mean_point_distance(result.stages["ecc_128px"].matrix, truth, grid) + 0.05
     assert geometry.mean_point_distance(result.matrix, truth, grid) < 1.0
 
 
-def test_unrelated_images_are_suspect_not_an_exception():
+def test_unrelated_images_are_not_ok_and_not_an_exception():
     rng = np.random.default_rng(0)
     fixed = (rng.uniform(size=(256, 256, 3)) * 255).astype(np.uint8)
     moving = np.full((256, 256, 3), 90, np.uint8)
     result = Registrar(constant_model(0.0), refine="ecc").register(fixed, moving)
-    assert result.status == "suspect" and "similarity" in result.reason
+    assert result.status in ("suspect", "failed") and "evidence" in result.reason
 
 
 def test_register_files_returns_original_pixels(small_fire):
     pair = FireDataset(small_fire)["P01"]
-    registrar = Registrar(constant_model(0.0), refine=None, min_similarity=-2)
+    registrar = Registrar(constant_model(0.0), refine=None)
     from_files = registrar.register_files(pair.fixed_path, pair.moving_path)
     direct = registrar.register(pair.image("fixed"), pair.image("moving"))
     assert from_files.fixed_size == pair.size("fixed")
-    np.testing.assert_allclose(from_files.matrix, direct.matrix, atol=1e-6)
+    points = geometry.grid_points(pair.size("fixed"), 7)
+    np.testing.assert_allclose(from_files.transform.fixed_to_moving(points),
+                               direct.transform.fixed_to_moving(points), atol=1e-6)
+
+
+def test_settings_out_of_range_are_refused(tiny_model_path):
+    for kwargs, word in (({"iterations": 0}, "iterations"), ({"refine_width": -5}, "refine width"),
+                         ({"transform": "spline"}, "transform"), ({"refine": "sift"}, "refine")):
+        with pytest.raises(ValueError, match=word):
+            Registrar(tiny_model_path, **kwargs)
 
 
 def test_load_model_errors(tmp_path, tiny_model_path):

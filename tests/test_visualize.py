@@ -86,3 +86,17 @@ def test_plots(tmp_path):
                                    {"loss": [1.0, 0.5, 0.2], "val_loss": [1.2, 0.6, 0.3],
                                     "mae": [3.0, 2.0, 1.0]})
     _png_files_only(tmp_path, ["success.png", "box.png", "training.png"])
+
+
+def test_trust_scatter_and_quadratic_overlay(tmp_path, images):
+    from fire_reg import transforms
+
+    visualize.save_trust_scatter(tmp_path / "trust.png", {
+        "fire-reg": [(1.0, 1.2, "ok"), (None, 30.0, "suspect"), (80.0, 60.0, "failed")]})
+    assert cv2.imread(str(tmp_path / "trust.png")) is not None
+    fixed, moving, matrix = images
+    bent = transforms.Quadratic.from_forward(
+        [[6.0, 1.0, 0.0, 1e-5, 0.0, 0.0], [4.0, 0.0, 1.0, 0.0, 0.0, 1e-5]],
+        geometry.grid_points((400, 300)))
+    visualize.save_overlay_panel(tmp_path / "bent.png", fixed, moving, bent)
+    assert cv2.imread(str(tmp_path / "bent.png")) is not None

@@ -1,0 +1,102 @@
+"""Refinement: ECC from a nearby start, and the fine stage recovering a curved map."""
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from fire_reg import geometry, imaging, refine, transforms
+
+WIDTH = 512
+
+
+@pytest.fixture(scope="module")
+def retina():
+    image, _ = imaging.resize_to_width(cv2.cvtColor(data.retina(), cv2.COLOR_RGB2BGR), WIDTH)
+    return image
+
+
+def curved_pair(retina, forward):
+    """(fixed, moving, truth): the moving image shows fixed content p at ``truth(p)``, a
+    quadratic bend (the moving image is the fixed one sampled through the inverse map)."""
+    size = (retina.shape[1], retina.shape[0])
+    domain = geometry.grid_points(size, 20)
+    truth = transforms.Quadratic.from_forward(forward, domain)
+    backward = transforms.Quadratic(truth.backward, truth.forward)  # moving px -> fixed px
+    moving = backward.warp(retina, size)
+    moving[~imaging.fov_mask(retina)] = 0  # the camera aperture stays put
+    return retina, moving, truth
+
+
+# a FIRE-like P bend: shift plus a curvature of a few px at the edges of a 512 px map
+BENT = np.array([[9.0, 1.0, 0.01, 4e-5, -2e-5, 2.5e-5],
+                 [-6.0, -0.012, 1.0, -2e-5, 3e-5, 3e-5]])
+
+
+def _error(transform, truth, maps):
+    points = maps.common_points(truth)
+    return float(np.linalg.norm(transform.fixed_to_moving(points) - truth.fixed_to_moving(points),
+                                axis=1).mean())
+
+
+def test_fine_stage_recovers_a_quadratic_from_its_best_affine(retina):
+    fixed, moving, truth = curved_pair(retina, BENT)
+    maps = refine.VesselMaps.of(fixed, moving, WIDTH)
+    start = transforms.Affine(truth.best_affine(maps.common_points(truth)))
+    outcome = refine.fine_stage(maps, start, "quadratic")
+    assert outcome.model == "quadratic" and "quadratic from" in outcome.reason
+    assert _error(start, truth, maps) > 0.7  # the best affine cannot follow the bend
+    assert _error(outcome.transform, truth, maps) < 0.3
+    assert len(outcome.matches) >= 24 and outcome.heldout_residual < 0.5
+    assert outcome.transform.inverse_error(maps.common_points(truth)) < 1e-6
+
+
+def test_fine_stage_falls_back_when_evidence_is_thin(retina):
+    """With a quadratic demanding more matches than there are tiles, the stage keeps a simpler
+    model and says why; with no vessels at all it returns the start unchanged."""
+    fixed, moving, truth = curved_pair(retina, BENT)
+    maps = refine.VesselMaps.of(fixed, moving, WIDTH)
+    start = transforms.Affine(truth.best_affine(maps.common_points(truth)))
+    greedy = refine.FineOptions(min_inliers={"quadratic": 10_000, "homography": 12, "affine": 6})
+    outcome = refine.fine_stage(maps, start, "quadratic", greedy)
+    assert outcome.model == "homography" and "no quadratic" in outcome.reason
+    blank = np.zeros_like(fixed)
+    empty = refine.VesselMaps.of(blank, blank, WIDTH)
+    outcome = refine.fine_stage(empty, start, "quadratic")
+    assert outcome.transform is start and outcome.model == "affine"
+
+
+def test_match_tiles_report_where_content_moved(retina):
+    """A pure shift of (3, -2) px: every confident tile match says so, to sub-pixel precision."""
+    shift = transforms.Affine([[1, 0, 3.0], [0, 1, -2.0]])
+    moving = shift.warp(retina, (retina.shape[1], retina.shape[0]))
+    maps = refine.VesselMaps.of(moving, retina, WIDTH)  # fixed p shows at p + (3, -2) ... in retina
+    matches = refine.match_tiles(maps, transforms.Affine(geometry.identity()), radius=8)
+    assert len(matches) > 50
+    displacement = np.median(matches.moving - matches.fixed, axis=0)
+    np.testing.assert_allclose(displacement, [3.0, -2.0], atol=0.15)
+
+
+def test_ecc_refines_a_nearby_affine_start(retina):
+    truth = transforms.Affine(geometry.about_center(
+        1.02 * np.array([[np.cos(0.05), -np.sin(0.05)], [np.sin(0.05), np.cos(0.05)]]),
+        (255.5, 255.5)))
+    truth.matrix[:, 2] += (12.0, -9.0)
+    moving = transforms.Affine(geometry.invert(truth.matrix)).warp(retina, (WIDTH, retina.shape[0]))
+    maps = refine.VesselMaps.of(retina, moving, WIDTH)
+    start = geometry.compose(truth.matrix, [[1, 0, 6.0], [0, 1, -4.0]])
+    outcome = refine.ecc_on_maps(maps, start, refine.EccOptions(levels=2))
+    assert outcome.matrix is not None, outcome.reason
+    points = maps.common_points(truth)
+    assert geometry.mean_point_distance(outcome.matrix, truth.matrix, points) < 0.5
+    noise = np.random.default_rng(0).integers(0, 255, retina.shape, dtype=np.uint8)
+    unrelated = refine.VesselMaps.of(retina, noise, WIDTH)
+    assert refine.ecc_on_maps(unrelated, start).matrix is None  # reported, not raised
+
+
+def test_plausible_quadratic_rejects_fold_over():
+    domain = geometry.grid_points((512, 512), 10)
+    folding = transforms.Quadratic.from_forward([[0, 1, 0, -0.004, 0, 0], [0, 0, 1, 0, 0, 0]],
+                                                domain)
+    assert "folds over" in refine.plausible_quadratic(folding, domain, 512, 0.05)
+    gentle = transforms.Quadratic.from_forward(BENT, domain)
+    assert refine.plausible_quadratic(gentle, domain, 512, 0.05) is None
