@@ -242,13 +242,25 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _flag_error(error) -> InputError:
+    """A setting given on the command line that its config refused (a config.FieldError),
+    named by its flag (``batch_size`` -> ``--batch-size``)."""
+    return InputError("--" + error.field.replace("_", "-"), error.problem)
+
+
 def cmd_train(args) -> int:
+    from dataclasses import replace
+
+    from fire_reg.config import FieldError
     from fire_reg.trainer import TrainConfig, Trainer
 
     config = TrainConfig.load(args.config) if args.config else TrainConfig()
-    for name in ("epochs", "steps_per_epoch", "batch_size"):
-        if getattr(args, name) is not None:
-            setattr(config, name, getattr(args, name))
+    flags = {name: getattr(args, name) for name in ("epochs", "steps_per_epoch", "batch_size")
+             if getattr(args, name) is not None}
+    try:
+        config = replace(config, **flags)
+    except FieldError as error:
+        raise _flag_error(error) from None
     trainer = Trainer(args.data, args.out, config, val_dir=args.val_data,
                       distribute=args.distribute)
     trainer.fit(resume=args.resume)
@@ -265,10 +277,15 @@ def cmd_export(args) -> int:
 
 
 def cmd_prepare(args) -> int:
+    from fire_reg.config import FieldError
     from fire_reg.dataset_creator import DatasetCreator, PrepareConfig
 
-    config = PrepareConfig(patch_size=args.patch_size, per_pair=args.per_pair, seed=args.seed,
-                           shard_size=args.shard_size, augment=not args.no_augment)
+    try:
+        config = PrepareConfig(patch_size=args.patch_size, per_pair=args.per_pair,
+                               seed=args.seed, shard_size=args.shard_size,
+                               augment=not args.no_augment)
+    except FieldError as error:
+        raise _flag_error(error) from None
     manifest = DatasetCreator(args.fire, args.out, config).run()
     print(f"wrote {manifest['count']} samples in {len(manifest['shards'])} shards and "
           f"{args.out}/manifest.json")

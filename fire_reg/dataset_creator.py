@@ -29,17 +29,19 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fire_reg import geometry, imaging, shards
+from fire_reg.config import Config, FieldError, NetworkConfig
 from fire_reg.errors import InputError, write_json
 from fire_reg.fire import FireDataset
 
 
-@dataclass
-class MotionRange:
+@dataclass(frozen=True)
+class MotionRange(Config):
     """Target motion distribution, in normalised patch units (1.0 = half the patch width).
 
     Translation radius is ``max_translation * u ** translation_power`` (u uniform), which puts
     more samples at small motions, as coarse-to-fine inference needs; rotation uniform in
-    degrees; log-scale uniform; anisotropy and shear small.
+    +-``max_rotation_deg`` degrees; scale log-uniform in ``scale_range``; anisotropy
+    ``exp(+-max_anisotropy)`` (sx / sy) and shear up to +-``max_shear``.
     """
 
     max_translation: float = 0.6
@@ -48,6 +50,14 @@ class MotionRange:
     scale_range: tuple[float, float] = (0.87, 1.15)
     max_anisotropy: float = 0.04
     max_shear: float = 0.03
+
+    def __post_init__(self):
+        self._number("max_translation", low=0)
+        self._number("translation_power", above=0)
+        self._number("max_rotation_deg", low=0, high=180)
+        self._range("scale_range", above=0)
+        self._number("max_anisotropy", low=0)
+        self._number("max_shear", low=0)
 
     def sample(self, rng: np.random.Generator) -> geometry.AffineParams:
         """Draw one motion (theta in radians)."""
@@ -62,27 +72,39 @@ class MotionRange:
             shear=rng.uniform(-self.max_shear, self.max_shear))
 
 
-@dataclass
-class PrepareConfig:
-    """Settings of one DatasetCreator run (all recorded in the manifest)."""
+@dataclass(frozen=True)
+class PrepareConfig(Config):
+    """Settings of one DatasetCreator run (the manifest's ``config``).
+
+    ``patch_size``: side of the square patches in px (the network's input size); ``per_pair``
+    samples per source pair, ``shard_size`` samples per shard; ``seed`` (>= 0) makes every
+    sample reproducible; ``augment``: random target motions (``motion``) and zoom crops (up to
+    ``max_zoom``, 1 = whole image) instead of the pairs' real motion; ``preprocessing``: how
+    the vessel maps are made.
+    """
 
     patch_size: int = 128
     per_pair: int = 32
     seed: int = 0
     augment: bool = True
     shard_size: int = 1024
-    work_width: int = imaging.WORK_WIDTH
     max_zoom: float = 1.4
     motion: MotionRange = field(default_factory=MotionRange)
+    preprocessing: imaging.VesselMapSettings = field(default_factory=imaging.VesselMapSettings)
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "PrepareConfig":
-        """Build from a plain dict (as stored in a manifest)."""
-        values = dict(values)
-        motion = values.pop("motion", {}) or {}
-        if "scale_range" in motion:
-            motion["scale_range"] = tuple(motion["scale_range"])
-        return cls(**values, motion=MotionRange(**motion))
+    def __post_init__(self):
+        self._integer("patch_size")
+        try:
+            NetworkConfig(input_size=self.patch_size)
+        except FieldError as error:
+            raise FieldError("patch_size", f"{error.problem} (the network's input size)") from None
+        self._integer("per_pair", low=1)
+        self._integer("seed", low=0)
+        self._flag("augment")
+        self._integer("shard_size", low=1)
+        self._number("max_zoom", low=1)
+        self._nested("motion", MotionRange)
+        self._nested("preprocessing", imaging.VesselMapSettings)
 
 
 class DatasetCreator:
@@ -92,11 +114,6 @@ class DatasetCreator:
         self.dataset = FireDataset(fire_root)
         self.out_dir = Path(out_dir)
         self.config = config or PrepareConfig()
-        if self.config.per_pair < 1 or self.config.shard_size < 1:
-            raise InputError("--per-pair/--shard-size", "must be at least 1")
-        if self.config.patch_size < 16 or self.config.patch_size % 8:
-            raise InputError("--patch-size", "must be a multiple of 8 and at least 16 (the "
-                             f"network works on an S/8 cell grid), got {self.config.patch_size}")
 
     @property
     def total(self) -> int:
@@ -120,7 +137,7 @@ class DatasetCreator:
                 written.append({"name": name, "count": stop - start})
                 bar.update(stop - start)
         manifest = shards.make_manifest(
-            self.dataset.root, asdict(self.config),
+            self.dataset.root, self.config.to_dict(),
             pairs=[{"index": i, "id": p.id, "category": p.category} for i, p in enumerate(pairs)],
             shards=written)
         shards.write_manifest(self.out_dir, manifest)
@@ -130,7 +147,7 @@ class DatasetCreator:
         """Refuse to mix shards of another configuration in one folder."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         settings = self.out_dir / "prepare_config.json"
-        wanted = json.loads(json.dumps({"config": asdict(self.config), "pairs": self.dataset.ids}))
+        wanted = {"config": self.config.to_dict(), "pairs": list(self.dataset.ids)}
         if settings.exists():
             if json.loads(settings.read_text()) != wanted:
                 raise InputError(self.out_dir, "holds shards made with another configuration or "
@@ -154,9 +171,10 @@ class DatasetCreator:
             pair = pairs[pair_index]
             maps = []
             for which in ("fixed", "moving"):
+                settings = self.config.preprocessing
                 image = pair.image(which, reduce=imaging.decode_reduction(pair.size(which)[0],
-                                                                self.config.work_width))
-                vessels, mask, _ = imaging.vessel_map(image, work_width=self.config.work_width)
+                                                                          settings.work_width))
+                vessels, mask, _ = imaging.vessel_map(image, settings=settings)
                 maps.append((vessels, mask.astype(np.float32)))
             truth_px, _ = pair.ground_truth()
             (fixed_map, _), (moving_map, _) = maps

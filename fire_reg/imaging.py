@@ -6,24 +6,55 @@
 * :func:`vessel_map` is the network's input: the green channel, contrast-equalised (CLAHE),
   with the dark vessels brought out by a black top-hat, scaled to [0, 1] and zero outside
   the aperture. It is computed at a working width (default 512 px) so that the same
-  structures are seen whatever the original resolution.
+  structures are seen whatever the original resolution; :class:`VesselMapSettings` holds its
+  settings (the one definition that shards, models and their cards record).
 * :func:`resample` samples an image through an affine (output px -> input px), reducing the
   input with an image pyramid first so that large downscales do not alias.
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from fire_reg import geometry
+from fire_reg.config import Config
 from fire_reg.errors import InputError
 
 PYRDOWN_STEP = np.array([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]])
 """Pixel map of one ``cv2.pyrDown`` level: x_small = x / 2 (pyrDown keeps the even pixels)."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".ppm", ".gif")
-WORK_WIDTH = 512
+
+
+@dataclass(frozen=True)
+class VesselMapSettings(Config):
+    """How :func:`vessel_map` turns a photograph into the network's input.
+
+    ``work_width``: width in px the image is resized to (aspect kept) before anything else.
+    ``clahe_clip``, ``clahe_tiles``: ``cv2.createCLAHE(clipLimit, (tiles, tiles))``.
+    ``tophat_fraction``: diameter of the black top-hat's elliptic disc as a fraction of
+    ``work_width`` (rounded, made odd, at least 3 px). ``percentile``: the percentile of the
+    top-hat response inside the aperture that is scaled to 1.0.
+    """
+
+    work_width: int = 512
+    clahe_clip: float = 2.0
+    clahe_tiles: int = 8
+    tophat_fraction: float = 1 / 40
+    percentile: float = 99.0
+
+    def __post_init__(self):
+        self._integer("work_width", low=16)
+        self._number("clahe_clip", above=0)
+        self._integer("clahe_tiles", low=1)
+        self._number("tophat_fraction", above=0, high=1)
+        self._number("percentile", above=0, high=100)
+
+
+WORK_WIDTH = VesselMapSettings().work_width
 
 
 def read_image(path, reduce: int = 1) -> np.ndarray:
@@ -127,13 +158,18 @@ def resize_to_width(image: np.ndarray, width: int) -> tuple[np.ndarray, float]:
     return cv2.resize(image, (width, height), interpolation=interpolation), scale
 
 
-def vessel_map(image: np.ndarray, mask: np.ndarray | None = None,
-               work_width: int = WORK_WIDTH) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
-    """Vessel-enhanced green channel at ``work_width`` px wide.
+def vessel_map(image: np.ndarray, mask: np.ndarray | None = None, work_width: int | None = None,
+               settings: VesselMapSettings = VesselMapSettings()
+               ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """Vessel-enhanced green channel made with ``settings``, ``work_width`` px wide when given
+    (it overrides ``settings.work_width``, e.g. for a finer map).
 
     Returns (map float32 in [0, 1], mask bool, (sx, sy)) where (sx, sy) = work px / input px
     per axis (use ``geometry.rescale`` with it to move matrices between the two grids).
     """
+    if work_width is not None:
+        settings = dataclasses.replace(settings, work_width=work_width)
+    work_width = settings.work_width
     if mask is None:  # found on the reduced colour image: the same disc, far cheaper
         small_colour, _ = resize_to_width(image, work_width)
         small, small_mask = green(small_colour), fov_mask(small_colour)
@@ -146,12 +182,13 @@ def vessel_map(image: np.ndarray, mask: np.ndarray | None = None,
     filled = small.astype(np.uint8).copy()
     if inner.any():
         filled[~inner] = int(np.median(small[inner]))
-    equalised = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(filled)
-    diameter = max(3, int(round(work_width / 40)) | 1)
+    tiles = (settings.clahe_tiles, settings.clahe_tiles)
+    equalised = cv2.createCLAHE(clipLimit=settings.clahe_clip, tileGridSize=tiles).apply(filled)
+    diameter = max(3, int(round(work_width * settings.tophat_fraction)) | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (diameter, diameter))
     vessels = cv2.morphologyEx(equalised, cv2.MORPH_BLACKHAT, kernel).astype(np.float32)
     vessels[~inner] = 0.0
-    top = np.percentile(vessels[inner], 99) if inner.any() else 0.0
+    top = np.percentile(vessels[inner], settings.percentile) if inner.any() else 0.0
     vessels = np.clip(vessels / max(top, 1e-6), 0.0, 1.0)
     return vessels.astype(np.float32), small_mask, axis_scales(image.shape, small.shape)
 

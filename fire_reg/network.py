@@ -19,57 +19,16 @@ The network regresses from the geometry of the correlation, not from image appea
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 
 import keras
 import numpy as np
 from keras import layers, ops
 
 from fire_reg import geometry
+from fire_reg.config import NetworkConfig
 
 MODEL_NAME = "fire_reg_affine"
-
-
-@dataclass
-class NetworkConfig:
-    """Hyper-parameters of :func:`build_model` (JSON-friendly through to/from_dict).
-
-    ``max_translation`` scales the translation head (normalised units per unit of head
-    output); it is a plain factor, not a tanh bound, so the gradient never saturates.
-    ``softmax_temperature_init`` is the initial inverse temperature of the soft-argmax over
-    cosine correlations in [-1, 1].
-    """
-
-    input_size: int = 128
-    encoder_channels: tuple[int, ...] = (16, 32, 64, 64, 64)
-    trunk_units: int = 256
-    use_shear: bool = False
-    max_translation: float = 1.0
-    softmax_temperature_init: float = 10.0
-
-    def __post_init__(self):
-        self.encoder_channels = tuple(int(c) for c in self.encoder_channels)
-        if self.input_size < 16 or self.input_size % 8:
-            raise ValueError(f"input_size must be a multiple of 8 and >= 16, got {self.input_size}")
-        if len(self.encoder_channels) < 3:
-            raise ValueError("encoder_channels needs at least 3 entries (three stride-2 convs)")
-
-    def to_dict(self) -> dict:
-        """Plain-JSON dictionary (tuples as lists)."""
-        data = dataclasses.asdict(self)
-        data["encoder_channels"] = list(self.encoder_channels)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "NetworkConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        names = {field.name for field in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown NetworkConfig keys: {sorted(unknown)}")
-        return cls(**data)
 
 
 def _cell_centres(height: int, width: int) -> np.ndarray:

@@ -19,26 +19,66 @@ linearly over the first ``curriculum_epochs`` epochs.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import platform
 import shlex
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fire_reg import geometry, imaging
+from fire_reg.config import Config, NetworkConfig
 from fire_reg.errors import InputError, write_json
 from fire_reg.shards import ShardStream
 
 
-@dataclass
-class TrainConfig:
-    """Training settings; ``network`` holds fire_reg.network.NetworkConfig fields."""
+@dataclass(frozen=True)
+class AugmentConfig(Config):
+    """On-the-fly augmentation of training batches (:func:`augment_batch`), exact for the target.
 
-    network: dict = field(default_factory=dict)
+    ``symmetries``: one of the 8 symmetries of the square (flips, quarter turns) per sample,
+    applied to both patches and conjugated into the target. ``swap_probability``: chance that
+    fixed and moving trade places (the target is inverted). Photometric jitter, drawn per
+    image and applied inside the field of view only (pixels > 0), in vessel-map intensity
+    units (1.0 = the map's maximum): ``v ** gamma`` with gamma uniform in ``gamma_range``,
+    times a gain uniform in ``gain_range``, plus Gaussian noise of standard deviation
+    ``noise_sigma``, clipped to [0, 1].
+    """
+
+    symmetries: bool = True
+    swap_probability: float = 0.5
+    gamma_range: tuple[float, float] = (0.7, 1.4)
+    gain_range: tuple[float, float] = (0.7, 1.3)
+    noise_sigma: float = 0.03
+
+    def __post_init__(self):
+        self._flag("symmetries")
+        self._number("swap_probability", low=0, high=1)
+        self._range("gamma_range", above=0)
+        self._range("gain_range", above=0)
+        self._number("noise_sigma", low=0)
+
+
+@dataclass(frozen=True)
+class TrainConfig(Config):
+    """Training settings (``config.json`` of a run records them resolved).
+
+    ``epochs`` to train; ``steps_per_epoch`` batches of ``batch_size`` per epoch (None: one
+    pass over the training samples); Adam with a cosine decay from ``learning_rate`` to
+    ``min_learning_rate`` over all steps; loss = grid loss + ``match_weight`` x matching loss
+    + ``ncc_weight`` x masked NCC; ``validation_fraction`` of the source pairs held out when no
+    validation shards are given. Curriculum: in epoch e < ``curriculum_epochs`` only the
+    smallest ``curriculum_start + (1 - curriculum_start) * e / curriculum_epochs`` share of
+    motions is drawn (0 epochs: no curriculum). ``augment`` switches ``augmentation`` on.
+    ``early_stopping_patience``: epochs without a better monitored loss before stopping.
+    ``seed`` (>= 0) fixes initial weights, split, order and augmentation.
+    """
+
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     epochs: int = 30
     batch_size: int = 32
     steps_per_epoch: int | None = None
@@ -50,22 +90,39 @@ class TrainConfig:
     curriculum_epochs: int = 4
     curriculum_start: float = 0.25
     augment: bool = True
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
     early_stopping_patience: int = 10
     seed: int = 0
 
+    def __post_init__(self):
+        self._nested("network", NetworkConfig)
+        self._integer("epochs", low=1)
+        self._integer("batch_size", low=1)
+        self._integer("steps_per_epoch", low=1, optional=True)
+        self._number("learning_rate", above=0)
+        self._number("min_learning_rate", low=0, high=self.learning_rate)
+        self._number("match_weight", low=0)
+        self._number("ncc_weight", low=0)
+        self._number("validation_fraction", low=0, below=1)
+        self._integer("curriculum_epochs", low=0)
+        self._number("curriculum_start", above=0, high=1)
+        self._flag("augment")
+        self._nested("augmentation", AugmentConfig)
+        self._integer("early_stopping_patience", low=0)
+        self._integer("seed", low=0)
+
     @classmethod
     def load(cls, path) -> "TrainConfig":
-        """Read a JSON config file (unknown keys are an InputError)."""
-        from fire_reg.network import NetworkConfig
-
+        """Read a JSON config file; InputError naming the file when it is missing, unreadable,
+        or holds an unknown key or a bad value."""
         path = Path(path)
         try:
-            config = cls(**json.loads(path.read_text()))
-            NetworkConfig.from_dict(config.network)
-            return config
+            return cls.from_dict(json.loads(path.read_text()))
         except FileNotFoundError:
             raise InputError(path, "config file not found") from None
-        except (json.JSONDecodeError, TypeError, ValueError) as error:
+        except OSError as error:
+            raise InputError(path, f"cannot read the config file ({error.strerror})") from None
+        except ValueError as error:  # JSON, encoding or a FieldError
             raise InputError(path, f"not a valid training config ({error})") from None
 
 
@@ -93,18 +150,21 @@ def transform_sample(fixed, moving, target, swap: bool, symmetry: int):
     return fixed, moving, target
 
 
-def augment_batch(fixed, moving, target, rng: np.random.Generator):
-    """Random :func:`transform_sample` per sample, then photometric jitter inside the
-    field of view (gamma 0.7-1.4, gain 0.7-1.3, Gaussian noise sigma 0.03)."""
+def augment_batch(fixed, moving, target, rng: np.random.Generator,
+                  config: AugmentConfig = AugmentConfig()):
+    """Random :func:`transform_sample` per sample, then photometric jitter inside the field
+    of view, as ``config`` says. Images (B, S, S, 1) in [0, 1]; targets (B, 2, 3) normalised."""
     fixed, moving, target = fixed.copy(), moving.copy(), target.copy()
     for i in range(len(target)):
+        swap = rng.uniform() < config.swap_probability
+        symmetry = int(rng.integers(len(SYMMETRIES)))
         fixed[i], moving[i], target[i] = transform_sample(
-            fixed[i], moving[i], target[i], swap=rng.uniform() < 0.5,
-            symmetry=int(rng.integers(len(SYMMETRIES))))
+            fixed[i], moving[i], target[i], swap=swap,
+            symmetry=symmetry if config.symmetries else 0)
     for images in (fixed, moving):
-        gamma = rng.uniform(0.7, 1.4, size=(len(images), 1, 1, 1))
-        gain = rng.uniform(0.7, 1.3, size=(len(images), 1, 1, 1))
-        noisy = gain * images ** gamma + rng.normal(0, 0.03, images.shape)
+        gamma = rng.uniform(*config.gamma_range, size=(len(images), 1, 1, 1))
+        gain = rng.uniform(*config.gain_range, size=(len(images), 1, 1, 1))
+        noisy = gain * images ** gamma + rng.normal(0, config.noise_sigma, images.shape)
         images[...] = np.where(images > 0, np.clip(noisy, 0.0, 1.0), 0.0)
     return fixed, moving, target
 
@@ -125,7 +185,7 @@ def make_batches(stream: ShardStream, indices: np.ndarray, config: TrainConfig, 
 
     from fire_reg import network
 
-    grid = network.feature_grid(network.NetworkConfig.from_dict(config.network))
+    grid = network.feature_grid(dataclasses.replace(config.network, input_size=stream.patch_size))
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
@@ -157,7 +217,8 @@ def make_batches(stream: ShardStream, indices: np.ndarray, config: TrainConfig, 
             fixed, moving, target = stream.take(chosen)
             if training and config.augment:
                 rng = np.random.default_rng([config.seed, self.epoch, step])
-                fixed, moving, target = augment_batch(fixed, moving, target, rng)
+                fixed, moving, target = augment_batch(fixed, moving, target, rng,
+                                                      config.augmentation)
             targets = {"matrix": target.astype(np.float32)}
             if config.match_weight > 0:
                 targets["matches"] = network.match_targets(target, fixed, moving, grid)
@@ -194,9 +255,11 @@ class Trainer:
 
     def __init__(self, data_dir, out_dir, config: TrainConfig | None = None, val_dir=None,
                  distribute: bool = False):
-        self.config = config or TrainConfig()
         self.out_dir = Path(out_dir)
         self.stream = ShardStream(data_dir)
+        config = config or TrainConfig()  # the network's input size is the shards' patch size
+        self.config = dataclasses.replace(config, network=dataclasses.replace(
+            config.network, input_size=self.stream.patch_size))
         self.val_stream = ShardStream(val_dir) if val_dir else None
         self.distribute = distribute
         if self.val_stream and self.val_stream.patch_size != self.stream.patch_size:
@@ -215,11 +278,8 @@ class Trainer:
 
         from fire_reg import network
 
-        net_config = network.NetworkConfig.from_dict(
-            {**self.config.network, "input_size": self.stream.patch_size})
-        self.config.network = net_config.to_dict()
         with _distribution_scope(self.distribute):
-            model = network.build_model(net_config)
+            model = network.build_model(self.config.network)
             schedule = keras.optimizers.schedules.CosineDecay(
                 self.config.learning_rate, decay_steps=max(1, self._total_steps()),
                 alpha=self.config.min_learning_rate / self.config.learning_rate)
@@ -302,7 +362,7 @@ class Trainer:
             import tensorflow as tf
 
             versions["tensorflow"] = tf.__version__
-        return {"config": asdict(self.config), "data": str(self.stream.shard_dir),
+        return {"config": self.config.to_dict(), "data": str(self.stream.shard_dir),
                 "validation_data": str(self.val_stream.shard_dir) if self.val_stream else None,
                 "data_count": len(self.stream), "versions": versions,
                 "command": shlex.join(sys.argv)}

@@ -105,6 +105,20 @@ def test_real_motion_without_augmentation(small_fire, tmp_path):
                                               magnitudes[ids.index("S02")])
 
 
+@pytest.mark.parametrize("flags,expected", [
+    (["--per-pair", "0"], "--per-pair: must be at least 1, got 0"),
+    (["--patch-size", "100"], "--patch-size: must be a multiple of 8, got 100"),
+    (["--seed", "-2"], "--seed: must be at least 0, got -2"),
+])
+def test_bad_prepare_flags_exit_2(small_fire, tmp_path, capsys, flags, expected):
+    from fire_reg.cli import main
+
+    code = main(["prepare", "--fire", str(small_fire), "--out", str(tmp_path / "s"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().startswith(f"fire-reg: error: {expected}")
+    assert not list((tmp_path / "s").glob("*.json"))  # no manifest or config written
+
+
 def test_bad_input(tmp_path):
     with pytest.raises(InputError, match="missing_folder"):
         DatasetCreator(tmp_path / "missing_folder", tmp_path / "out")

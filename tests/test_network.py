@@ -29,8 +29,10 @@ def test_config_round_trips_through_json():
     config = network.NetworkConfig(input_size=64, encoder_channels=(8, 8, 16, 16), use_shear=True)
     again = network.NetworkConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ValueError, match="size is not a NetworkConfig setting"):
         network.NetworkConfig.from_dict({"size": 3})
+    with pytest.raises(ValueError, match="input_size must be a multiple of 8"):
+        network.NetworkConfig(input_size=36)
 
 
 @pytest.mark.parametrize("use_shear", [False, True])

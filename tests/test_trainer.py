@@ -1,5 +1,6 @@
 """Trainer: exact augmentation, streaming, and a tiny run that writes every artefact."""
 import csv
+import dataclasses
 import json
 
 import cv2
@@ -7,9 +8,11 @@ import numpy as np
 import pytest
 
 from fire_reg import geometry
+from fire_reg.cli import main
 from fire_reg.dataset_creator import DatasetCreator, PrepareConfig
 from fire_reg.errors import InputError
-from fire_reg.trainer import TrainConfig, Trainer, augment_batch, transform_sample
+from fire_reg.trainer import (AugmentConfig, TrainConfig, Trainer, augment_batch,
+                              transform_sample)
 
 TINY_NETWORK = {"encoder_channels": [4, 8, 8, 8, 8], "trunk_units": 16}
 
@@ -74,7 +77,7 @@ def test_tiny_training_run_writes_artefacts_and_resumes(shard_dir, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert all(np.isfinite(float(r["val_loss"])) for r in rows)
     # resume: two more epochs continue the log
-    config.epochs = 4
+    config = dataclasses.replace(config, epochs=4)
     Trainer(shard_dir, tmp_path, config).fit(resume=True, verbose=0)
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
     assert len(rows) >= 4
@@ -90,11 +93,57 @@ def test_tiny_training_run_writes_artefacts_and_resumes(shard_dir, tmp_path):
         export_model(tmp_path / "ship", tmp_path / "elsewhere")
 
 
+def test_augmentation_settings_do_what_they_say():
+    rng = np.random.default_rng(0)
+    fixed = rng.uniform(0.1, 1.0, size=(6, 32, 32, 1)).astype(np.float32)
+    moving = 0.5 * fixed[::-1]
+    target = np.stack([geometry.matrix_from_params(0.1 * i, 0, 0.05 * i, 1, 1) for i in range(6)])
+    off = AugmentConfig(symmetries=False, swap_probability=0, gamma_range=(1, 1),
+                        gain_range=(1, 1), noise_sigma=0)
+    f, m, t = augment_batch(fixed, moving, target, rng, off)
+    np.testing.assert_array_equal(f, fixed)
+    np.testing.assert_array_equal(m, moving)
+    np.testing.assert_array_equal(t, target)
+    f, m, t = augment_batch(fixed, moving, target, rng, dataclasses.replace(off, swap_probability=1))
+    np.testing.assert_array_equal(f, moving)
+    np.testing.assert_allclose(t[3], geometry.invert(target[3]), atol=1e-12)
+    f, _, _ = augment_batch(fixed, moving, target, rng, dataclasses.replace(off, noise_sigma=0.05))
+    inside = (fixed > 0.2) & (fixed < 0.9)  # away from the clipping at 0 and 1
+    assert 0.045 < np.std((f - fixed)[inside]) < 0.055
+    f, _, _ = augment_batch(fixed, moving, target, rng, dataclasses.replace(off, gain_range=(0.5, 0.5)))
+    np.testing.assert_allclose(f, 0.5 * fixed, rtol=1e-6)
+
+
 def test_bad_config_file(tmp_path):
     path = tmp_path / "config.json"
     path.write_text('{"epochz": 3}')
-    with pytest.raises(InputError, match="config.json"):
+    with pytest.raises(InputError, match="config.json.*epochz is not a TrainConfig setting"):
         TrainConfig.load(path)
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--steps-per-epoch", "-3"], "--steps-per-epoch: must be at least 1, got -3"),
+    (["--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
+    (["--epochs", "-1"], "--epochs: must be at least 1, got -1"),
+])
+def test_bad_train_flags_exit_2(shard_dir, tmp_path, capsys, flags, expected):
+    code, err = run_cli(capsys, "train", "--data", shard_dir, "--out", tmp_path / "run", *flags)
+    assert code == 2 and err.strip() == f"fire-reg: error: {expected}"
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_bad_config_value_exits_2(shard_dir, tmp_path, capsys):
+    path = tmp_path / "config.json"
+    path.write_text('{"epochs": "ten"}')
+    code, err = run_cli(capsys, "train", "--data", shard_dir, "--out", tmp_path / "run",
+                        "--config", path)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{path}: not a valid training config (epochs must be a whole number" in err
 
 
 def test_distributed_training_under_jax(shard_dir, tmp_path):
