@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int)
     train.add_argument("--steps-per-epoch", type=int)
     train.add_argument("--batch-size", type=int)
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its last completed epoch, with its "
+                            "settings, to --epochs")
     train.add_argument("--distribute", action="store_true",
                        help="data-parallel over all local devices (GPUs)")
 
@@ -224,10 +226,11 @@ def cmd_evaluate(args) -> int:
     from fire_reg.tester import Tester
 
     problems = fire.verify_layout(args.fire)  # bad input fails before the model loads
-    for problem in problems:
-        print(problem)
+    if len(problems) > 1:
+        print("\n".join(problems))
     if problems:
-        raise InputError(args.fire, f"{len(problems)} problem(s) found (listed above)")
+        raise InputError(args.fire, problems[0] if len(problems) == 1
+                         else f"{len(problems)} problems found (listed above)")
     try:
         chosen = [baselines.get(n.strip()) for n in args.baselines.split(",") if n.strip()]
     except ValueError as error:
@@ -254,7 +257,12 @@ def cmd_train(args) -> int:
     from fire_reg.config import FieldError
     from fire_reg.trainer import TrainConfig, Trainer
 
-    config = TrainConfig.load(args.config) if args.config else TrainConfig()
+    if args.config:
+        config = TrainConfig.load(args.config)
+    elif args.resume and (Path(args.out) / "config.json").is_file():
+        config = TrainConfig.from_run(args.out)  # the settings the run was started with
+    else:
+        config = TrainConfig()
     flags = {name: getattr(args, name) for name in ("epochs", "steps_per_epoch", "batch_size")
              if getattr(args, name) is not None}
     try:
@@ -263,8 +271,12 @@ def cmd_train(args) -> int:
         raise _flag_error(error) from None
     trainer = Trainer(args.data, args.out, config, val_dir=args.val_data,
                       distribute=args.distribute)
-    trainer.fit(resume=args.resume)
-    print(f"wrote {args.out}/model.keras, last.keras, log.csv, curves.png, config.json")
+    if trainer.fit(resume=args.resume) is None:
+        how = "early stopping" if trainer.stopped_early else f"of {config.epochs}"
+        print(f"{args.out}: the run is finished ({trainer.completed_epochs} epochs, {how}); "
+              "nothing to do")
+    else:
+        print("wrote " + ", ".join(str(path) for path in trainer.outputs()))
     return 0
 
 

@@ -57,14 +57,59 @@ class VesselMapSettings(Config):
 WORK_WIDTH = VesselMapSettings().work_width
 
 
+MIN_IMAGE_SIDE = 128
+"""Smallest width and height (px) accepted: smaller images cannot show a retina's vessels."""
+MAX_IMAGE_PIXELS = 400_000_000
+"""Largest image accepted (pixels): a 20000 x 20000 photograph, several GB when decoded."""
+
+
+def check_image_file(path) -> tuple[int, int]:
+    """(W, H) of an image file from its header, after checking that it is complete.
+
+    InputError naming the file for: missing, permission denied, not an image, truncated (a
+    JPEG without its end-of-image marker, a PNG without its IEND chunk: decoders would fill
+    the missing part with grey), too small (< :data:`MIN_IMAGE_SIDE`) or too large
+    (> :data:`MAX_IMAGE_PIXELS`).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            handle.seek(max(0, path.stat().st_size - 4096))  # room for trailers after the end
+            tail = handle.read()
+        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow's own bomb check, at our limit
+        with Image.open(path) as image:
+            size = image.size
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except PermissionError:
+        raise InputError(path, "permission denied (not readable)") from None
+    except IsADirectoryError:
+        raise InputError(path, "is a folder, not an image") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        raise InputError(path, "not a readable image (corrupt or unsupported format)") from None
+    if head.startswith(b"\xff\xd8") and b"\xff\xd9" not in tail:
+        raise InputError(path, "truncated JPEG (no end-of-image marker): the file is incomplete")
+    if head.startswith(b"\x89PNG") and b"IEND" not in tail:
+        raise InputError(path, "truncated PNG (no IEND chunk): the file is incomplete")
+    if min(size) < MIN_IMAGE_SIDE:
+        raise InputError(path, f"image of {size[0]}x{size[1]} px is too small for a fundus "
+                               f"photograph (at least {MIN_IMAGE_SIDE} px each side)")
+    if size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise InputError(path, f"image of {size[0]}x{size[1]} px is too large (limit "
+                               f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels)")
+    return size
+
+
 def read_image(path, reduce: int = 1) -> np.ndarray:
     """Read an image as BGR uint8 (H, W, 3); ``reduce`` in {1, 2, 4, 8} decodes at reduced size.
 
-    Raises InputError for a missing, unreadable or corrupt file.
+    The file is checked first (:func:`check_image_file`); InputError for any bad file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
+    check_image_file(path)
     flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
              8: cv2.IMREAD_REDUCED_COLOR_8}
     if reduce not in flags:
@@ -97,16 +142,8 @@ def decode_reduction(width: int, work_width: int) -> int:
 
 
 def image_size(path) -> tuple[int, int]:
-    """(W, H) of an image file, read from its header where possible."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as handle:
-            return handle.size
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-        raise InputError(path, "not a readable image (corrupt or unsupported format)") from None
+    """(W, H) of an image file, read from its header after :func:`check_image_file`."""
+    return check_image_file(path)
 
 
 def read_for_width(path, width: int) -> tuple[np.ndarray, tuple[float, float]]:

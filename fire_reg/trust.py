@@ -68,14 +68,16 @@ def shape_checks(matrix, options: TrustOptions) -> dict:
     """Plausibility of a 2x3 affine between working maps: {name: {"value", "ok"}}."""
     linear = np.asarray(matrix, dtype=np.float64)[:, :2]
     det = float(np.linalg.det(linear))
+    scale = float(np.sqrt(abs(det)))
     checks = {"reflection": {"value": det, "ok": det > 0},
-              "scale": {"value": float(np.sqrt(abs(det))),
-                        "ok": options.scale_range[0] <= np.sqrt(abs(det)) <= options.scale_range[1]}}
+              "scale": {"value": scale,
+                        "ok": options.scale_range[0] <= scale <= options.scale_range[1]}}
     if det > 0:
         params = geometry.params_from_matrix(matrix)
         ratio = max(params.sx / params.sy, params.sy / params.sx)
-        checks["anisotropy"] = {"value": float(ratio), "ok": ratio <= options.max_anisotropy}
-        checks["shear"] = {"value": float(params.shear), "ok": abs(params.shear) <= options.max_shear}
+        checks["anisotropy"] = {"value": float(ratio), "ok": bool(ratio <= options.max_anisotropy)}
+        checks["shear"] = {"value": float(params.shear),
+                           "ok": bool(abs(params.shear) <= options.max_shear)}
     return checks
 
 
@@ -131,8 +133,8 @@ def judge(maps: refine.VesselMaps, transform: transforms.Transform, fixed_size,
         found and found["consensus"] >= options.min_consensus
         and found["share"] >= options.min_consensus_share)}
     max_error = options.max_error_fire_px * fixed_size[0] / FIRE_WIDTH
-    checks["estimated_error"] = {"value": estimate, "ok": estimate is not None
-                                 and estimate <= max_error}
+    checks["estimated_error"] = {"value": estimate, "ok": bool(estimate is not None
+                                                               and estimate <= max_error)}
     problems = [f"{name} {_describe(check['value'])}" for name, check in checks.items()
                 if not check["ok"]]
     fatal = [name for name in ("reflection", "scale", "overlap") if not checks[name]["ok"]]

@@ -10,7 +10,7 @@ from fire_reg import fire, geometry
 from fire_reg.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
-SIZE = (40, 32)  # (W, H) of the tiny test images
+SIZE = (160, 128)  # (W, H) of the small test images (at least imaging.MIN_IMAGE_SIDE)
 KNOWN = np.array([[0.98, -0.05, 2.5], [0.04, 1.02, -1.75]])  # fixed px -> moving px
 
 
@@ -180,15 +180,15 @@ def test_binary_control_points_file(tmp_path):
 
 
 def test_images_of_different_size_within_a_pair(tmp_path):
-    write_pair(tmp_path, "S01", moving_size=(48, 32))
+    write_pair(tmp_path, "S01", moving_size=(176, 128))
     pair = fire.FireDataset(tmp_path)["S01"]
-    with raises_naming("S01_2.jpg", "size 48x32 differs"):
+    with raises_naming("S01_2.jpg", "size 176x128 differs"):
         pair.check()
 
 
 def test_control_point_far_outside_the_image(tmp_path):
     make_set(tmp_path, ids=("S01",))
-    points_path(tmp_path, "S01").write_text("1 2 3 4\n5 6 7 8\n9 10 60 12\n")
+    points_path(tmp_path, "S01").write_text("1 2 3 4\n5 6 7 8\n9 10 300 12\n")
     with raises_naming("control_points_S01_1_2.txt", r"point 3 \(x_2 y_2\) lies far outside"):
         fire.FireDataset(tmp_path)["S01"].check()
 
@@ -219,13 +219,13 @@ def test_verify_against_manifest(tmp_path):
     assert fire.verify(tmp_path, manifest) == []
 
     (tmp_path / "Images" / "S01_2.jpg").unlink()
-    write_pair(tmp_path, "S02", moving_size=(48, 32))
+    write_pair(tmp_path, "S02", moving_size=(176, 128))
     points_path(tmp_path, "P01").write_text("1 2 3 4\n5 6 7\n")
     write_pair(tmp_path, "A01", count=9)
     write_pair(tmp_path, "S05")
     (tmp_path / "Images" / "S05_1.jpg").write_bytes(b"garbage" * 20)
     problems = fire.verify(tmp_path, manifest)
-    expected = ["S01_2.jpg: file not found", "S02_2.jpg: size 48x32, expected 40x32",
+    expected = ["S01_2.jpg: file not found", "S02_2.jpg: size 176x128, expected 160x128",
                 "control_points_P01_1_2.txt: line 2: expected 4 columns",
                 "control_points_A01_1_2.txt: 9 control points; expected 10",
                 "unexpected pair S05"]
@@ -241,13 +241,13 @@ def test_verify_against_manifest(tmp_path):
 def test_verify_layout(tmp_path):
     make_set(tmp_path)
     assert fire.verify_layout(tmp_path) == []
-    write_pair(tmp_path, "S02", moving_size=(48, 32))
+    write_pair(tmp_path, "S02", moving_size=(176, 128))
     points_path(tmp_path, "P01").write_text("x y\n")
     (tmp_path / "Images" / "A01_1.jpg").unlink()
     problems = fire.verify_layout(tmp_path)
     assert len(problems) == 3
     assert any("A01_1.jpg: image missing" in line for line in problems)
-    assert any("S02_2.jpg: size 48x32 differs" in line for line in problems)
+    assert any("S02_2.jpg: size 176x128 differs" in line for line in problems)
     assert any("control_points_P01_1_2.txt: line 1" in line for line in problems)
     assert "no FIRE pairs found" in fire.verify_layout(tmp_path / "Images")[0]
 
@@ -256,7 +256,7 @@ def test_shipped_manifest():
     text = (REPO / "data_manifest" / "fire.json").read_text()
     assert (REPO / "fire_reg" / "data" / "fire.json").read_text() == text
     manifest = json.loads(text)
-    assert fire.load_manifest() == manifest
+    assert fire.load_fire_manifest() == manifest
     pairs = manifest["pairs"]
     ids = [pair["id"] for pair in pairs]
     assert len(pairs) == 134 and len(set(ids)) == 134

@@ -30,3 +30,46 @@ def test_read_for_width_scales(tmp_path):
     assert image.shape[:2] == (600, 800) and scale == (0.5, 0.5)
     with pytest.raises(InputError, match="missing.jpg"):
         imaging.read_for_width(tmp_path / "missing.jpg", 512)
+
+
+def test_bad_image_files_are_named_with_their_problem(tmp_path):
+    import cv2
+
+    from fire_reg import imaging
+    from fire_reg.errors import InputError
+
+    image = np.random.default_rng(0).integers(0, 255, (200, 240, 3), dtype=np.uint8)
+    good = tmp_path / "good.jpg"
+    cv2.imwrite(str(good), image)
+    assert imaging.check_image_file(good) == (240, 200)
+    data = good.read_bytes()
+    cases = {"truncated.jpg": (data[:len(data) * 2 // 3], "truncated JPEG"),
+             "tiny.png": (cv2.imencode(".png", image[:10, :10])[1].tobytes(), "too small"),
+             "text.jpg": (b"hello", "not a readable image")}
+    png = cv2.imencode(".png", image)[1].tobytes()
+    cases["cut.png"] = (png[:len(png) - 20], "truncated PNG")
+    for name, (content, words) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        for reader in (imaging.check_image_file, imaging.read_image, imaging.image_size):
+            with pytest.raises(InputError, match=f"{name}.*{words}"):
+                reader(tmp_path / name)
+    with pytest.raises(InputError, match="missing.jpg: file not found"):
+        imaging.read_image(tmp_path / "missing.jpg")
+    with pytest.raises(InputError, match="is a folder"):
+        imaging.check_image_file(tmp_path)
+
+
+def test_a_large_valid_image_is_not_called_corrupt(tmp_path, monkeypatch):
+    """Above Pillow's default bomb limit but within ours: accepted; above ours: 'too large'."""
+    import cv2
+
+    from fire_reg import imaging
+    from fire_reg.errors import InputError
+
+    path = tmp_path / "wide.png"
+    cv2.imwrite(str(path), np.zeros((300, 2000, 3), np.uint8))
+    monkeypatch.setattr(imaging, "MAX_IMAGE_PIXELS", 500_000)
+    with pytest.raises(InputError, match="too large.*limit"):
+        imaging.check_image_file(path)
+    monkeypatch.setattr(imaging, "MAX_IMAGE_PIXELS", 700_000)
+    assert imaging.check_image_file(path) == (2000, 300)
