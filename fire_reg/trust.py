@@ -10,7 +10,8 @@ given to the Registrar). Consensus (the share of tiles that agree) tells a real 
 unrelated one. Plausibility checks on the transform (scale, reflection, anisotropy, shear,
 fold-over of a quadratic) and the overlap of the two fields of view complete the verdict:
 
-* ``failed``: a reflection, an impossible scale, or almost no overlap;
+* ``failed``: a reflection, an impossible scale, almost no overlap, or hardly any tile
+  agreeing (fewer than half of ``min_consensus``: probably not the same retina);
 * ``suspect``: too little consensus or evidence, an estimated error above ``max_error_fire_px``
   (FIRE-equivalent px: px x 2912 / fixed width), or any other check failed, with every reason;
 * ``ok`` otherwise.
@@ -136,18 +137,24 @@ def judge(maps: refine.VesselMaps, transform: transforms.Transform, fixed_size,
     checks["estimated_error"] = {"value": estimate, "ok": bool(estimate is not None
                                                                and estimate <= max_error)}
     problems = [f"{name} {_describe(check['value'])}" for name, check in checks.items()
-                if not check["ok"]]
+                if not check["ok"] and name != "estimated_error"]
+    if estimate is None:
+        problems.append("no estimate of the error (too few tile matches)")
+    elif estimate > max_error:
+        problems.append(f"estimated error {estimate:.1f} px is over {max_error:.1f} px "
+                        f"({options.max_error_fire_px:g} FIRE-equivalent px)")
     fatal = [name for name in ("reflection", "scale", "overlap") if not checks[name]["ok"]]
+    if found.get("consensus", 0) < options.min_consensus / 2:
+        fatal.append("evidence")  # nothing agrees: probably not the same retina
     status = "failed" if fatal else ("suspect" if problems else "ok")
-    reason = ("checks passed" if not problems else "; ".join(problems))
-    if estimate is not None:
-        reason += f" (estimated error {estimate:.1f} px)"
+    reason = "; ".join(problems) if problems else (
+        f"checks passed, estimated error {estimate:.2f} px")
     return Verdict(status, reason, estimate, overlap, checks)
 
 
 def _describe(value) -> str:
     if isinstance(value, dict):
-        return ", ".join(f"{k} {_describe(v)}" for k, v in value.items())
+        return "(" + ", ".join(f"{k} {_describe(v)}" for k, v in value.items()) + ")"
     if isinstance(value, float):
         return f"{value:.3g}"
     return "none" if value is None else str(value)
