@@ -8,14 +8,18 @@ Run folder (``out``)::
     log.csv            per-epoch losses and learning rate (CSVLogger)
     curves.png         training curves
     tensorboard/       TensorBoard logs (TensorFlow and JAX backends)
-    backup/            BackupAndRestore state while a run is unfinished (``resume=True`` uses it)
+    backup/            model + optimizer state after the last completed epoch
+                       (epoch_NNNN.weights.h5, N = epochs done), kept so that ``fit(resume=True)``
+                       (``fire-reg train --resume``) continues the run, also to more epochs
 
-Samples stream from memory-mapped shards; each batch gets on-the-fly augmentation that keeps
-the target exact: a random symmetry of the square (flips, quarter turns) applied to both
-patches and conjugated into the target, a fixed/moving swap (target inverted), and
-photometric jitter (gamma, contrast, noise). A motion curriculum admits only samples whose
-motion magnitude (mean grid displacement, normalised units) is below a cap that grows
-linearly over the first ``curriculum_epochs`` epochs.
+Samples stream from memory-mapped shards (fire_reg.shards); each batch gets on-the-fly
+augmentation that keeps the target exact (AugmentConfig): a random symmetry of the square
+(flips, quarter turns) applied to both patches and conjugated into the target, a fixed/moving
+swap (target inverted), and photometric jitter (gamma, gain, noise). A motion curriculum admits
+only samples whose motion magnitude (mean grid displacement, normalised units) is below a cap
+that grows linearly over the first ``curriculum_epochs`` epochs. Batch order, curriculum and
+augmentation are seeded by (seed, epoch, step), so an epoch is the same whether or not the run
+was resumed before it.
 """
 from __future__ import annotations
 
@@ -32,8 +36,12 @@ import numpy as np
 
 from fire_reg import geometry, imaging
 from fire_reg.config import Config, NetworkConfig
-from fire_reg.errors import InputError, write_json
+from fire_reg.errors import InputError, atomic_path, write_json, write_text
+from fire_reg import shards
 from fire_reg.shards import ShardStream
+
+BACKUP = "backup"
+"""Run-folder subfolder with the state after the last completed epoch (for ``resume``)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,18 @@ class TrainConfig(Config):
         self._nested("augmentation", AugmentConfig)
         self._integer("early_stopping_patience", low=0)
         self._integer("seed", low=0)
+
+    @classmethod
+    def from_run(cls, run_dir) -> "TrainConfig":
+        """The config a run folder recorded in its config.json (e.g. to resume it)."""
+        path = Path(run_dir) / "config.json"
+        try:
+            return cls.from_dict(json.loads(path.read_text())["config"])
+        except FileNotFoundError:
+            raise InputError(path, "not found: is this a `fire-reg train` run folder?") from None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise InputError(path, f"not a fire-reg run record ({type(error).__name__}: "
+                                   f"{error})") from None
 
     @classmethod
     def load(cls, path) -> "TrainConfig":
@@ -262,6 +282,8 @@ class Trainer:
             config.network, input_size=self.stream.patch_size))
         self.val_stream = ShardStream(val_dir) if val_dir else None
         self.distribute = distribute
+        self.completed_epochs = 0  # after fit: epochs backed up in the run folder
+        self.stopped_early = False  # after fit: whether early stopping ended the run
         if self.val_stream and self.val_stream.patch_size != self.stream.patch_size:
             raise InputError(val_dir, "validation shards have another patch size than the training shards")
 
@@ -298,47 +320,97 @@ class Trainer:
     def _total_steps(self) -> int:
         return training_steps(self.config, len(self.split[0])) * self.config.epochs
 
-    def fit(self, resume: bool = False, verbose: int | str = "auto"):
-        """Train; returns the Keras History. ``resume`` continues an interrupted run."""
+    def fit(self, resume: bool = False, verbose: int | str = "auto", callbacks=()):
+        """Train to ``config.epochs``; returns the Keras History of the epochs run, or None
+        when ``resume`` finds the run finished (then nothing is done or written).
+
+        After every epoch the model and optimizer state go to ``backup/``. ``resume`` continues
+        from the last completed epoch, with the same settings (only ``epochs`` may change; the
+        cosine decay then spans the new total), and its weights and log.csv equal an
+        uninterrupted run's bit for bit on the same backend and machine. Without ``resume`` a
+        run in ``out_dir`` is started over. ``callbacks``: extra Keras callbacks.
+        """
         import keras
 
         keras.utils.set_random_seed(self.config.seed)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        backup = self.out_dir / "backup"
-        if not resume and backup.exists():
-            import shutil
-
-            shutil.rmtree(backup)
         train_indices, val_indices = self.split
         if len(train_indices) == 0:
             raise InputError(self.stream.shard_dir, "no training samples")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        backup = self.out_dir / BACKUP
+        if resume:
+            self._check_same_run()
+            self.completed_epochs = _backed_up_epochs(backup)
+        else:
+            self.completed_epochs = 0
+            _clear(backup)
+        log = self.out_dir / "log.csv"
+        rows = _truncate_log(log, self.completed_epochs)
         model = self.model = self.build()
+        validation = (make_batches(self.val_stream or self.stream, val_indices, self.config,
+                                   training=False) if len(val_indices) else None)
+        monitor = "val_loss" if validation is not None else "loss"
+        logged = [row.get(monitor, np.nan) for row in rows]
+        stopping = _early_stopping([{monitor: value} for value in logged], monitor=monitor,
+                                   patience=self.config.early_stopping_patience)
+        stopping.set_model(model)
+        stopping.on_train_begin()
+        self.stopped_early = bool(stopping.stopped_epoch)
+        if self.stopped_early or self.completed_epochs >= self.config.epochs:
+            return None
+        if self.completed_epochs:
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(_backup_path(backup, self.completed_epochs))
         write_json(self.out_dir / "config.json", self.run_record())
         train = make_batches(self.stream, train_indices, self.config, training=True)
-        val_stream = self.val_stream or self.stream
-        validation = (make_batches(val_stream, val_indices, self.config, training=False)
-                      if len(val_indices) else None)
-        monitor = "val_loss" if validation is not None else "loss"
-        best_so_far = [row[monitor] for row in _read_log(self.out_dir / "log.csv")
-                       if np.isfinite(row.get(monitor, np.nan))] if resume else []
         callbacks = [
-            keras.callbacks.BackupAndRestore(str(backup)),
             keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: train.set_epoch(epoch)),
-            keras.callbacks.ModelCheckpoint(str(self.out_dir / "model.keras"), monitor=monitor,
-                                            save_best_only=True,
-                                            initial_value_threshold=min(best_so_far, default=None)),
+            keras.callbacks.ModelCheckpoint(
+                str(self.out_dir / "model.keras"), monitor=monitor, save_best_only=True,
+                initial_value_threshold=min(filter(np.isfinite, logged), default=None)),
             keras.callbacks.ModelCheckpoint(str(self.out_dir / "last.keras")),
-            keras.callbacks.CSVLogger(str(self.out_dir / "log.csv"), append=resume),
-            keras.callbacks.EarlyStopping(monitor=monitor,
-                                          patience=self.config.early_stopping_patience),
+            keras.callbacks.CSVLogger(str(log), append=bool(rows)),
+            stopping,
             keras.callbacks.TerminateOnNaN(),
+            *([keras.callbacks.TensorBoard(str(self.out_dir / "tensorboard"))]
+              if _installed("tensorboard") and keras.backend.backend() != "torch" else []),
+            _backup_callback(backup),  # last: an epoch counts once all its files are written
+            *callbacks,
         ]
-        if _installed("tensorboard") and keras.backend.backend() != "torch":
-            callbacks.append(keras.callbacks.TensorBoard(str(self.out_dir / "tensorboard")))
+        # shuffle=False: Keras would shuffle the batches of each epoch with an unseeded order;
+        # make_batches already draws a seeded order per epoch
         history = model.fit(train, validation_data=validation, epochs=self.config.epochs,
-                            callbacks=callbacks, verbose=verbose)
+                            initial_epoch=self.completed_epochs, callbacks=callbacks,
+                            verbose=verbose, shuffle=False)
+        self.completed_epochs = _backed_up_epochs(backup)
+        self.stopped_early = bool(stopping.stopped_epoch)
         self.save_curves()
         return history
+
+    def _check_same_run(self) -> None:
+        """Resuming needs the settings and data the run was started with (``epochs`` aside)."""
+        path = self.out_dir / "config.json"
+        if not path.is_file():
+            return  # nothing recorded yet: the run starts from epoch 0
+        try:
+            record = json.loads(path.read_text())
+            config, data = dict(record["config"]), record["training_data"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise InputError(path, f"not a fire-reg run record ({type(error).__name__}: "
+                                   f"{error}); start the run again without --resume") from None
+        current = self.config.to_dict()
+        differ = sorted(key for key in config.keys() | current.keys()
+                        if key != "epochs" and config.get(key) != current.get(key))
+        if data != self.training_data():
+            differ.append("training data")
+        if differ:
+            raise InputError(path, f"the run was made with other settings or data ({', '.join(differ)}"
+                                   " differ); resume with the same ones or start a new run")
+
+    def outputs(self) -> list[Path]:
+        """The files of the run folder that exist (model.keras, last.keras, log.csv, ...)."""
+        names = ("model.keras", "last.keras", "log.csv", "curves.png", "config.json")
+        return [self.out_dir / name for name in names if (self.out_dir / name).is_file()]
 
     def save_curves(self) -> None:
         """Draw log.csv as curves.png."""
@@ -364,8 +436,76 @@ class Trainer:
             versions["tensorflow"] = tf.__version__
         return {"config": self.config.to_dict(), "data": str(self.stream.shard_dir),
                 "validation_data": str(self.val_stream.shard_dir) if self.val_stream else None,
-                "data_count": len(self.stream), "versions": versions,
-                "command": shlex.join(sys.argv)}
+                "data_count": len(self.stream), "training_data": self.training_data(),
+                "versions": versions, "command": shlex.join(sys.argv)}
+
+    def training_data(self) -> dict:
+        """Summaries (fire_reg.shards.summary) of the training shards and of the validation
+        shards (None when the validation pairs are split off the training shards)."""
+        return {"train": shards.summary(self.stream.manifest),
+                "validation": shards.summary(self.val_stream.manifest) if self.val_stream else None}
+
+
+def _backup_path(folder: Path, epochs: int) -> Path:
+    """Model and optimizer state after ``epochs`` completed epochs."""
+    return folder / f"epoch_{epochs:04d}.weights.h5"
+
+
+def _backed_up_epochs(folder: Path) -> int:
+    """Completed epochs of the newest state in ``folder`` (0 when there is none)."""
+    found = [int(path.name[len("epoch_"):-len(".weights.h5")])
+             for path in folder.glob("epoch_[0-9][0-9][0-9][0-9].weights.h5")]
+    return max(found, default=0)
+
+
+def _backup_callback(folder: Path):
+    """Saves the model and optimizer state (atomically) after every epoch, then removes the
+    previous epoch's, so ``folder`` always holds one whole state."""
+    import keras
+
+    class Backup(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            path = _backup_path(folder, epoch + 1)
+            with atomic_path(path, suffix=".weights.h5") as tmp:
+                self.model.save_weights(tmp)
+            for old in folder.glob("epoch_*.weights.h5"):
+                if old != path:
+                    old.unlink()
+
+    return Backup()
+
+
+def _early_stopping(logged: list[dict], **kwargs):
+    """keras.callbacks.EarlyStopping that first replays the epochs already ``logged`` (one
+    ``{monitor: value}`` per completed epoch), so that its patience count survives a resume;
+    ``stopped_epoch`` is non-zero when the logged epochs had already stopped the run."""
+    import keras
+
+    class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            for epoch, values in enumerate(logged):
+                self.on_epoch_end(epoch, values)
+
+    return ResumedEarlyStopping(**kwargs)
+
+
+def _truncate_log(path: Path, epochs: int) -> list[dict]:
+    """Keep the header and the first ``epochs`` rows of a CSVLogger file (one row per
+    completed epoch: the row of an epoch that was not backed up goes); returns those rows."""
+    if epochs == 0 or not path.is_file():
+        return []
+    lines = path.read_text().splitlines(keepends=True)
+    if len(lines) > epochs + 1:
+        write_text(path, "".join(lines[:epochs + 1]))
+    return _read_log(path)
+
+
+def _clear(folder: Path) -> None:
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
 
 
 def _installed(package: str) -> bool:
@@ -403,7 +543,6 @@ def export_model(run_dir, out_dir, validation_results=None):
     """
     import hashlib
 
-    from fire_reg.errors import atomic_path
     from fire_reg.network import MODEL_NAME as name
     from fire_reg.registrar import load_model
 

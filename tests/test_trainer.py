@@ -64,33 +64,83 @@ def test_augment_batch_keeps_field_of_view_black():
         np.testing.assert_allclose(matrix, np.eye(2, 3), atol=1e-12)
 
 
-def test_tiny_training_run_writes_artefacts_and_resumes(shard_dir, tmp_path):
-    config = TrainConfig(network=TINY_NETWORK, epochs=2, batch_size=8, steps_per_epoch=2,
-                         validation_fraction=0.25, curriculum_epochs=1)
-    Trainer(shard_dir, tmp_path, config).fit(verbose=0)
+TINY = TrainConfig(network=TINY_NETWORK, epochs=2, batch_size=8, steps_per_epoch=2,
+                   validation_fraction=0.25, curriculum_epochs=2)
+
+
+def log_epochs(run):
+    return [int(row["epoch"]) for row in csv.DictReader(open(run / "log.csv"))]
+
+
+def weights(path):
+    import keras
+
+    return keras.saving.load_model(path, compile=False).get_weights()
+
+
+def test_tiny_training_run_writes_artefacts_resumes_and_finishes(shard_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    Trainer(shard_dir, run, TINY).fit(verbose=0)
     for name in ("model.keras", "last.keras", "log.csv", "curves.png", "config.json"):
-        assert (tmp_path / name).is_file(), name
-    record = json.loads((tmp_path / "config.json").read_text())
+        assert (run / name).is_file(), name
+    record = json.loads((run / "config.json").read_text())
     assert record["config"]["network"]["input_size"] == 32
-    assert record["versions"]["keras"]
-    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
-    assert [int(r["epoch"]) for r in rows] == [0, 1]
-    assert all(np.isfinite(float(r["val_loss"])) for r in rows)
-    # resume: two more epochs continue the log
-    config = dataclasses.replace(config, epochs=4)
-    Trainer(shard_dir, tmp_path, config).fit(resume=True, verbose=0)
-    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
-    assert len(rows) >= 4
+    assert record["versions"]["keras"] and record["training_data"]["train"]["samples"] == 32
+    assert log_epochs(run) == [0, 1]
+    assert all(np.isfinite(float(r["val_loss"])) for r in csv.DictReader(open(run / "log.csv")))
+    # asking for the same epochs again: finished, nothing is done or written
+    before = {path: path.read_bytes() for path in run.glob("*.*")}
+    trainer = Trainer(shard_dir, run, TINY)
+    assert trainer.fit(resume=True, verbose=0) is None and trainer.completed_epochs == 2
+    assert {path: path.read_bytes() for path in run.glob("*.*")} == before
+    # more epochs than the run had: it continues from epoch 2, one log row per epoch
+    history = Trainer(shard_dir, run, dataclasses.replace(TINY, epochs=3)).fit(resume=True,
+                                                                               verbose=0)
+    assert len(history.history["loss"]) == 1 and log_epochs(run) == [0, 1, 2]
+    # the command line resumes with the recorded settings and says when there is nothing to do
+    code, out, _ = run_cli(capsys, "train", "--data", shard_dir, "--out", run, "--resume")
+    assert code == 0 and "finished (3 epochs, of 3); nothing to do" in out
+    assert log_epochs(run) == [0, 1, 2]
+    # other settings cannot resume this run
+    with pytest.raises(InputError, match="config.json: .*batch_size differ"):
+        Trainer(shard_dir, run, dataclasses.replace(TINY, batch_size=4)).fit(resume=True)
     # export: a loadable model without optimizer state and a card
     from fire_reg.registrar import load_model
     from fire_reg.trainer import export_model
 
-    path = export_model(tmp_path, tmp_path / "ship")
+    path = export_model(run, tmp_path / "ship")
     card = json.loads((tmp_path / "ship" / "fire_reg_affine.json").read_text())
     assert card["input_size"] == 32 and card["parameters"] == load_model(path).count_params()
-    assert len(card["log"]) == len(rows)
+    assert len(card["log"]) == 3
     with pytest.raises(InputError, match="model.keras"):
         export_model(tmp_path / "ship", tmp_path / "elsewhere")
+
+
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(shard_dir, tmp_path):
+    """Interrupted inside epoch 2 (after epochs 0 and 1 were backed up), then resumed."""
+    import keras
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 2 and batch == 0:
+                raise KeyboardInterrupt("killed")
+
+    config = dataclasses.replace(TINY, epochs=3, batch_size=4, steps_per_epoch=5)
+    Trainer(shard_dir, tmp_path / "whole", config).fit(verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(shard_dir, tmp_path / "cut", config).fit(verbose=0, callbacks=[Interrupt()])
+    assert log_epochs(tmp_path / "cut") == [0, 1]
+    history = Trainer(shard_dir, tmp_path / "cut", config).fit(resume=True, verbose=0)
+    assert len(history.history["loss"]) == 1
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert (cut / "log.csv").read_text() == (whole / "log.csv").read_text()
+    assert log_epochs(cut) == [0, 1, 2]
+    for name in ("last.keras", "model.keras"):
+        for a, b in zip(weights(whole / name), weights(cut / name), strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_augmentation_settings_do_what_they_say():
@@ -123,7 +173,7 @@ def test_bad_config_file(tmp_path):
 
 def run_cli(capsys, *argv):
     code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
+    return code, *capsys.readouterr()
 
 
 @pytest.mark.parametrize("flags,expected", [
@@ -132,7 +182,8 @@ def run_cli(capsys, *argv):
     (["--epochs", "-1"], "--epochs: must be at least 1, got -1"),
 ])
 def test_bad_train_flags_exit_2(shard_dir, tmp_path, capsys, flags, expected):
-    code, err = run_cli(capsys, "train", "--data", shard_dir, "--out", tmp_path / "run", *flags)
+    code, _, err = run_cli(capsys, "train", "--data", shard_dir, "--out", tmp_path / "run",
+                           *flags)
     assert code == 2 and err.strip() == f"fire-reg: error: {expected}"
     assert not (tmp_path / "run" / "config.json").exists()
 
@@ -140,8 +191,8 @@ def test_bad_train_flags_exit_2(shard_dir, tmp_path, capsys, flags, expected):
 def test_bad_config_value_exits_2(shard_dir, tmp_path, capsys):
     path = tmp_path / "config.json"
     path.write_text('{"epochs": "ten"}')
-    code, err = run_cli(capsys, "train", "--data", shard_dir, "--out", tmp_path / "run",
-                        "--config", path)
+    code, _, err = run_cli(capsys, "train", "--data", shard_dir, "--out", tmp_path / "run",
+                           "--config", path)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"{path}: not a valid training config (epochs must be a whole number" in err
 
