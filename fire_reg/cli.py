@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     embedded.add_argument("--per-image", help="pairs per source image, e.g. S2,P2,A1")
     embedded.add_argument("--seed", type=int, default=0)
     embedded.add_argument("--size", type=int, help="output width in px (default: source size)")
+    embedded.add_argument("--geometry", default="sphere",
+                          help="sphere (curved retina, default) or affine (the earlier generator)")
     verify = data_commands.add_parser("verify", help="check a FIRE folder against the manifest")
     verify.add_argument("--fire", required=True)
     verify.add_argument("--layout-only", action="store_true",
@@ -316,12 +318,14 @@ def _parse_per_image(text):
 
 def cmd_data(args) -> int:
     if args.data_command == "embedded":
-        from fire_reg.embedded import make_embedded_set
+        from fire_reg.embedded import format_statistics, make_embedded_set
 
         summary = make_embedded_set(args.out, images=args.images, seed=args.seed, size=args.size,
                                     select=tuple(args.select or ("*",)),
-                                    categories=_parse_per_image(args.per_image))
-        print(f"wrote {len(summary['pairs'])} pairs to {args.out}")
+                                    categories=_parse_per_image(args.per_image),
+                                    geometry=args.geometry)
+        print(f"wrote {len(summary['pairs'])} pairs ({summary['geometry']} geometry) to {args.out}")
+        print(format_statistics(summary["statistics"]))
         return 0
     from fire_reg import fire
 
