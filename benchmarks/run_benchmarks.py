@@ -1,21 +1,32 @@
-"""Reproduces the README's figures: accuracy tables and throughput, on this machine.
+"""Reproduces the README's figures on this machine and writes them into README.md.
 
-    .venv/bin/python benchmarks/run_benchmarks.py --drive ../shared/data/drive/images --out out/bench
+    .venv/bin/python benchmarks/run_benchmarks.py --drive ../shared/data/drive/images \
+        --p01 ../shared/data/fire_p01 --out out/bench --write-readme
 
-1. Embedded set (scikit-image's retina, never used in training): `fire-reg evaluate` with the
-   shipped model next to SIFT, ORB, ECC, identity and the ground-truth affine; then the model
-   alone with the finer ECC polish (`--refine-width 1024`).
-2. Held-out DRIVE retinas 01-08_test (never used in training): new pairs (seed 2), same table.
-3. Backends: S01 registered under TensorFlow, JAX and PyTorch (largest corner difference).
-4. Throughput: `fire-reg register --batch` pairs per second on the embedded set, and training
-   samples per second of the default network (batch 32) from `fire-reg train`'s log.
-Every number is printed by the commands it runs; the summary goes to OUT/benchmarks.json.
+Every number comes from the `fire-reg` commands it runs (echoed with their output):
+
+1. Accuracy on four FIRE-layout sets made by `fire-reg data embedded` from photographs the
+   model never saw: scikit-image's retina and held-out DRIVE retinas 01-08, each curved
+   (`--geometry sphere`, calibrated to FIRE) and affine (`--geometry affine`, the sets of
+   fire-reg 0.1); plus the real FIRE pair P01 when its folder is given. Rows: fire-reg with
+   each `--transform`, the classic baselines, identity, and the best affine / homography /
+   quadratic through each pair's own control points (the ceilings).
+2. Trust: the status and estimated error of the default run against the true error, in two
+   stress modes (network alone, one pass without refinement), and on wrong pairs (different
+   eyes, mirrored and rotated retinas, everyday photographs, noise) registered as a batch.
+3. Speed: one-pair `fire-reg register` wall time (start-up included), `register --batch`
+   throughput, and training samples per second.
+
+The tables go to OUT/benchmarks.md (and, with --write-readme, between the markers
+``<!-- benchmarks:begin -->`` and ``<!-- benchmarks:end -->`` of README.md); all figures to
+OUT/benchmarks.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -24,24 +35,114 @@ from pathlib import Path
 import numpy as np
 
 FIRE_REG = [sys.executable, "-m", "fire_reg.cli"]
+README = Path(__file__).resolve().parents[1] / "README.md"
+BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
+HELD_OUT = ("--select", "0[1-8]_test.tif", "--per-image", "S2,P3,A1", "--seed", "2")
+VARIANTS = {"homography": ["--transform", "homography"], "affine": ["--transform", "affine"],
+            "none": ["--transform", "none"]}
+VARIANT_LABELS = {"homography": "fire-reg `--transform homography`",
+                  "affine": "fire-reg `--transform affine`",
+                  "none": "fire-reg `--transform none` (network + ECC: fire-reg 0.1)"}
+STRESS = {"network alone (`--refine none --transform none`)": ["--refine", "none",
+                                                                "--transform", "none"],
+          "one pass, no refinement (`--iterations 1 --refine none --transform none`)":
+              ["--iterations", "1", "--refine", "none", "--transform", "none"]}
 
 
-def fire_reg(*args, backend: str | None = None) -> str:
-    """Run one fire-reg command, echo it and its output; return stdout."""
-    env = {**os.environ, "KERAS_BACKEND": backend} if backend else None
-    print(("" if backend is None else f"KERAS_BACKEND={backend} ") + "$ fire-reg "
-          + " ".join(map(str, args)), flush=True)
-    done = subprocess.run([*FIRE_REG, *map(str, args)], capture_output=True, text=True, env=env)
-    if done.returncode:
+def fire_reg(*args, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess:
+    """Run one fire-reg command, echo it (and its output unless quiet)."""
+    print("$ fire-reg " + " ".join(map(str, args)), flush=True)
+    done = subprocess.run([*FIRE_REG, *map(str, args)], capture_output=True, text=True)
+    if check and done.returncode:
         sys.exit(f"command failed ({done.returncode}): {done.stderr.strip()}")
-    print(done.stdout, flush=True)
-    return done.stdout
+    if not quiet:
+        print(done.stdout[-4000:], flush=True)
+    return done
+
+
+def evaluate(fire_dir: Path, out: Path, *options) -> dict:
+    fire_reg("evaluate", "--fire", fire_dir, "--out", out, *options, quiet=True)
+    return json.loads((out / "results.json").read_text())
+
+
+def accuracy(name: str, fire_dir: Path, out: Path, baselines: str) -> dict:
+    """The default run with baselines, then each --transform variant alone; one table."""
+    main = evaluate(fire_dir, out / f"eval_{name}", "--baselines", baselines)
+    rows = dict(main["summary"]["all"])
+    order = [main["methods"][0]]
+    for variant, flags in VARIANTS.items():
+        result = evaluate(fire_dir, out / f"eval_{name}_{variant}", "--baselines", "",
+                          "--overlays", "0", *flags)
+        rows[VARIANT_LABELS[variant]] = result["summary"]["all"]["fire-reg"]
+        order.append(VARIANT_LABELS[variant])
+    order += [m for m in main["methods"][1:]]
+    return {"rows": {m: rows[m] for m in order}, "trust": main["trust"].get("fire-reg"),
+            "pairs": len(main["pairs"])}
+
+
+def stress(fire_dir: Path, out: Path) -> dict:
+    trust = {}
+    for label, flags in STRESS.items():
+        slug = "_".join(f.strip("-") for f in flags)
+        result = evaluate(fire_dir, out / f"stress_{slug}", "--baselines", "", "--overlays", "0",
+                          *flags)
+        trust[label] = result["trust"]["fire-reg"]
+    return trust
+
+
+def wrong_pairs(out: Path, drive: Path | None) -> dict:
+    """Pairs that are not two photographs of one eye, registered with `register --batch`;
+    returns the count per status."""
+    import cv2
+    from skimage import data
+
+    folder = out / "wrong_pairs"
+    folder.mkdir(parents=True, exist_ok=True)
+    retina = cv2.cvtColor(data.retina(), cv2.COLOR_RGB2BGR)
+    images = {"retina": retina}
+    rows = []
+    if drive:
+        eyes = sorted(Path(drive).glob("*.tif"))[:12]
+        for i, path in enumerate(eyes):
+            image = cv2.imread(str(path))
+            images[f"eye{i}"] = image
+            images[f"eye{i}_mirrored"] = np.ascontiguousarray(image[:, ::-1])
+            images[f"eye{i}_rot90"] = np.ascontiguousarray(np.rot90(image))
+            images[f"eye{i}_rot180"] = np.ascontiguousarray(image[::-1, ::-1])
+            rows += [(f"eye{i}", f"eye{i}_mirrored"), (f"eye{i}", f"eye{i}_rot90"),
+                     (f"eye{i}", f"eye{i}_rot180")]
+            if i:
+                rows.append((f"eye{i - 1}", f"eye{i}"))
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "camera", "brick"):
+        image = getattr(data, name)()
+        images[name] = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+        rows += [("retina", name), (name, "retina")]
+    images["noise"] = np.random.default_rng(0).integers(0, 255, retina.shape, dtype=np.uint8)
+    rows += [("retina", "noise"), ("noise", "retina")]
+    for name, image in images.items():
+        cv2.imwrite(str(folder / f"{name}.png"), image)
+    lines = ["id,fixed,moving"] + [f"{a}_vs_{b},{a}.png,{b}.png" for a, b in rows]
+    (folder / "pairs.csv").write_text("\n".join(lines) + "\n")
+    fire_reg("register", "--batch", folder / "pairs.csv", "--out", out / "wrong_batch", quiet=True)
+    batch = json.loads((out / "wrong_batch" / "batch.json").read_text())
+    statuses = [entry["status"] for entry in batch["pairs"].values()]
+    return {status: statuses.count(status) for status in ("ok", "suspect", "failed")}
+
+
+def single_register_seconds(fixed: Path, moving: Path, out: Path, repeats: int = 3) -> float:
+    """Median wall time of a whole `fire-reg register` process (start-up included)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fire_reg("register", fixed, moving, "--out", out, quiet=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def training_throughput(shards: Path, batch_size: int = 32, steps: int = 20) -> float:
     """Samples per second of training steps (default network and losses, after warm-up)."""
-    from fire_reg import network
-    from fire_reg.trainer import ShardStream, TrainConfig, Trainer, make_batches
+    from fire_reg.shards import ShardStream
+    from fire_reg.trainer import TrainConfig, Trainer, make_batches
 
     config = TrainConfig(batch_size=batch_size, steps_per_epoch=steps + 3, curriculum_epochs=0)
     trainer = Trainer(shards, out_dir=shards.parent / "train_speed", config=config)
@@ -52,64 +153,105 @@ def training_throughput(shards: Path, batch_size: int = 32, steps: int = 20) -> 
     start = time.perf_counter()
     for step in range(3, steps + 3):
         model.train_on_batch(*batches[step])
-    rate = steps * batch_size / (time.perf_counter() - start)
-    print(f"training: {rate:.1f} samples/s (batch {batch_size}, {steps} steps, "
-          f"{network.NetworkConfig().input_size} px)")
-    return rate
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def markdown(figures: dict) -> str:
+    """The README section: one accuracy table per set, the trust tables, the speed lines."""
+    from fire_reg import metrics
+
+    lines = []
+    for name, title in (("curved_drive", "Curved pairs from held-out DRIVE retinas"),
+                        ("curved_embedded", "Curved pairs from scikit-image's retina"),
+                        ("p01", "The real FIRE pair P01 (2912 px)"),
+                        ("affine_drive", "Affine pairs from held-out DRIVE retinas (fire-reg 0.1's set)"),
+                        ("affine_embedded", "Affine pairs from scikit-image's retina (fire-reg 0.1's set)")):
+        if name in figures:
+            table = metrics.markdown_table(figures[name]["rows"])
+            lines += [f"**{title}** ({figures[name]['pairs']} pairs; command in "
+                      f"`benchmarks/run_benchmarks.py`):", "", _short_table(table), ""]
+    trust = {"default (curved held-out DRIVE)": figures["curved_drive"]["trust"]}
+    trust.update(figures.get("stress", {}))
+    lines += ["**Trust** (curved held-out DRIVE pairs; true error <= 25 FIRE-equivalent px "
+              "counts as correct):", "", metrics.trust_table(trust), ""]
+    wrong = figures["wrong_pairs"]
+    lines += [f"**Wrong pairs** (different eyes, mirrored / 90° / 180° rotated retinas, "
+              f"everyday photographs, noise; {sum(wrong.values())} pairs): "
+              + ", ".join(f"{status} {count}" for status, count in wrong.items()) + ".", ""]
+    lines += ["**Speed** (this 2-core CPU): one-pair `fire-reg register` "
+              f"{figures['register_wall_seconds']:.2f} s wall including start-up and writing "
+              f"the four files (P01, 2912 px: {figures.get('register_p01_wall_seconds', float('nan')):.2f} s); "
+              f"`register --batch` {figures['register_batch_pairs_per_second']:.2f} pairs/s "
+              "including decoding and writing; training "
+              f"{figures['training_samples_per_second']:.0f} samples/s (batch 32, 128 px).", ""]
+    return "\n".join(lines)
+
+
+def _short_table(table: str) -> str:
+    """Keep the README table narrow: drop the std/min/p25/p75 columns."""
+    rows = [line.split("|") for line in table.strip().splitlines()]
+    header = [cell.strip() for cell in rows[0]]
+    keep = [i for i, cell in enumerate(header)
+            if cell not in ("std px", "min px", "p25 px", "p75 px", "inaccurate")]
+    return "\n".join("|".join(row[i] for i in keep) for row in rows)
+
+
+def write_readme(section: str) -> None:
+    text = README.read_text()
+    if BEGIN not in text or END not in text:
+        sys.exit(f"{README} has no {BEGIN} ... {END} markers")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{BEGIN}\n{section}\n{END}{tail}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--drive", help="DRIVE images folder (skip the DRIVE table without it)")
-    parser.add_argument("--out", default="out/bench")
-    parser.add_argument("--baselines", default="sift,orb,ecc")
+    parser.add_argument("--drive", type=Path, help="DRIVE images folder (held-out retinas)")
+    parser.add_argument("--p01", type=Path, help="folder of the real FIRE pair P01")
+    parser.add_argument("--out", type=Path, default=Path("out/bench"))
+    parser.add_argument("--baselines", default="sift,sift-homography,orb,ecc")
+    parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
-    out = Path(args.out)
+    out = args.out
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     figures = {}
-
-    fire_reg("data", "embedded", "--out", out / "embedded")
-    fire_reg("evaluate", "--fire", out / "embedded", "--baselines", args.baselines,
-             "--out", out / "eval_embedded")
-    figures["embedded"] = json.loads((out / "eval_embedded" / "results.json").read_text())["summary"]
-    fire_reg("evaluate", "--fire", out / "embedded", "--baselines", "", "--refine-width", "1024",
-             "--out", out / "eval_embedded_fine")
-    figures["embedded_fine"] = json.loads(
-        (out / "eval_embedded_fine" / "results.json").read_text())["summary"]
-
+    sets = {"curved_embedded": ["--geometry", "sphere"],
+            "affine_embedded": ["--geometry", "affine"]}
     if args.drive:
-        fire_reg("data", "embedded", "--images", args.drive, "--select", "0[1-8]_test.tif",
-                 "--per-image", "S2,P3,A1", "--seed", "2", "--out", out / "drive_heldout")
-        fire_reg("evaluate", "--fire", out / "drive_heldout", "--baselines", args.baselines,
-                 "--out", out / "eval_drive_heldout")
-        fire_reg("evaluate", "--fire", out / "drive_heldout", "--baselines", "", "--refine",
-                 "none", "--out", out / "eval_drive_heldout_network_only")
-        figures["drive_heldout"] = json.loads(
-            (out / "eval_drive_heldout" / "results.json").read_text())["summary"]
+        sets["curved_drive"] = ["--images", args.drive, *HELD_OUT, "--geometry", "sphere"]
+        sets["affine_drive"] = ["--images", args.drive, *HELD_OUT, "--geometry", "affine"]
+    for name, flags in sets.items():
+        fire_reg("data", "embedded", "--out", out / name, *flags)
+        figures[name] = accuracy(name, out / name, out, args.baselines)
+    if args.p01:
+        figures["p01"] = accuracy("p01", args.p01, out, args.baselines)
+    trust_set = out / ("curved_drive" if args.drive else "curved_embedded")
+    figures.setdefault("curved_drive", figures["curved_embedded"])
+    figures["stress"] = stress(trust_set, out)
+    figures["wrong_pairs"] = wrong_pairs(out, args.drive)
 
-    corners = {}
-    for backend in ("tensorflow", "jax", "torch"):
-        folder = out / f"backend_{backend}"
-        fire_reg("register", out / "embedded" / "Images" / "S01_1.jpg",
-                 out / "embedded" / "Images" / "S01_2.jpg", "--out", folder, backend=backend)
-        record = json.loads((folder / "transform.json").read_text())
-        width, height = record["fixed_size"]
-        box = np.array([[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1],
-                        [width - 1, height - 1, 1]], float).T
-        corners[backend] = np.array(record["matrix"]) @ box
-    figures["backend_max_corner_difference_px"] = max(
-        float(np.abs(c - corners["tensorflow"]).max()) for c in corners.values())
-    print(f"backends: image corners agree within {figures['backend_max_corner_difference_px']:.2g} px")
-
+    images = out / "curved_embedded" / "Images"
+    figures["register_wall_seconds"] = single_register_seconds(
+        images / "S01_1.jpg", images / "S01_2.jpg", out / "single")
+    if args.p01:
+        figures["register_p01_wall_seconds"] = single_register_seconds(
+            args.p01 / "Images" / "P01_1.jpg", args.p01 / "Images" / "P01_2.jpg", out / "single_p01")
     start = time.perf_counter()
-    fire_reg("register", "--batch", out / "embedded", "--out", out / "batch")
+    fire_reg("register", "--batch", out / "curved_embedded", "--out", out / "batch", quiet=True)
     batch = json.loads((out / "batch" / "batch.json").read_text())
-    figures["register_batch_pairs_per_second"] = batch["pairs_per_second"]
-    figures["register_batch_wall_seconds"] = time.perf_counter() - start
-
-    fire_reg("prepare", "--fire", out / "embedded", "--out", out / "shards", "--per-pair", "32")
+    figures["register_batch_pairs_per_second"] = len(batch["pairs"]) / (time.perf_counter() - start)
+    fire_reg("prepare", "--fire", out / "curved_embedded", "--out", out / "shards",
+             "--per-pair", "32")
     figures["training_samples_per_second"] = training_throughput(out / "shards")
+
+    section = markdown(figures)
+    (out / "benchmarks.md").write_text(section + "\n")
     (out / "benchmarks.json").write_text(json.dumps(figures, indent=2))
-    print(json.dumps({k: v for k, v in figures.items() if not isinstance(v, dict)}, indent=2))
+    print(section)
+    if args.write_readme:
+        write_readme(section)
+        print(f"wrote the tables into {README}")
 
 
 if __name__ == "__main__":

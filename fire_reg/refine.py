@@ -203,8 +203,8 @@ class FineOptions:
     """
 
     reference_width: int = 512
-    tile: int = 48
-    step: int = 24
+    tile: int = 32
+    step: int = 16
     radii: tuple[int, ...] = (8, 3)
     min_score: float = 0.5
     min_content: float = 0.04
@@ -249,8 +249,7 @@ def _subpixel(scores: np.ndarray, row: int, col: int) -> tuple[float, float]:
     """Parabolic sub-pixel offset (dx, dy) of a peak inside a correlation surface."""
     def offset(minus, centre, plus):
         denominator = minus - 2 * centre + plus
-        return 0.0 if denominator >= 0 else float(np.clip(0.5 * (minus - plus) / denominator,
-                                                          -0.5, 0.5))
+        return 0.0 if denominator >= 0 else min(0.5, max(-0.5, 0.5 * (minus - plus) / denominator))
     dx = offset(scores[row, col - 1], scores[row, col], scores[row, col + 1])
     dy = offset(scores[row - 1, col], scores[row, col], scores[row + 1, col])
     return dx, dy
@@ -269,28 +268,32 @@ def match_tiles(maps: VesselMaps, transform: transforms.Transform, radius: int,
     step = max(4, int(round(options.step * unit)))
     radius = max(2, int(round(radius * unit)))
     warped, warped_fov = maps.warped(transform)
-    common = (maps.fixed_fov & warped_fov).astype(np.uint8)
-    inner = cv2.erode(common, cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3)),
-                      iterations=1).astype(bool)
     height, width = maps.fixed.shape
+    # per-tile share of the common field of view and mean vessel value, from integral images
+    common = cv2.integral((maps.fixed_fov & warped_fov).astype(np.uint8))
+    content = cv2.integral(maps.fixed.astype(np.float64))
+    ys, xs = np.mgrid[radius:height - tile - radius:step, radius:width - tile - radius:step]
+    ys, xs = ys.ravel(), xs.ravel()
+
+    def tile_sum(table):
+        return (table[ys + tile, xs + tile] - table[ys, xs + tile] - table[ys + tile, xs]
+                + table[ys, xs])
+
+    usable = (tile_sum(common) == tile * tile) & (tile_sum(content) >= options.min_content
+                                                  * tile * tile)
     fixed_pts, moving_pts, scores = [], [], []
-    for y0 in range(radius, height - tile - radius, step):
-        for x0 in range(radius, width - tile - radius, step):
-            if not inner[y0:y0 + tile:tile - 1, x0:x0 + tile:tile - 1].all():
-                continue
-            template = maps.fixed[y0:y0 + tile, x0:x0 + tile]
-            if template.mean() < options.min_content:
-                continue
-            window = warped[y0 - radius:y0 + tile + radius, x0 - radius:x0 + tile + radius]
-            surface = cv2.matchTemplate(window, template, cv2.TM_CCOEFF_NORMED)
-            _, best, _, (col, row) = cv2.minMaxLoc(surface)
-            if best < options.min_score or not (0 < row < 2 * radius and 0 < col < 2 * radius):
-                continue
-            dx, dy = _subpixel(surface, row, col)
-            centre = (x0 + (tile - 1) / 2.0, y0 + (tile - 1) / 2.0)
-            fixed_pts.append(centre)
-            moving_pts.append((centre[0] + col - radius + dx, centre[1] + row - radius + dy))
-            scores.append(best)
+    for y0, x0 in zip(ys[usable], xs[usable]):
+        template = maps.fixed[y0:y0 + tile, x0:x0 + tile]
+        window = warped[y0 - radius:y0 + tile + radius, x0 - radius:x0 + tile + radius]
+        surface = cv2.matchTemplate(window, template, cv2.TM_CCOEFF_NORMED)
+        _, best, _, (col, row) = cv2.minMaxLoc(surface)
+        if best < options.min_score or not (0 < row < 2 * radius and 0 < col < 2 * radius):
+            continue
+        dx, dy = _subpixel(surface, row, col)
+        centre = (x0 + (tile - 1) / 2.0, y0 + (tile - 1) / 2.0)
+        fixed_pts.append(centre)
+        moving_pts.append((centre[0] + col - radius + dx, centre[1] + row - radius + dy))
+        scores.append(best)
     if not fixed_pts:
         empty = np.zeros((0, 2))
         return Matches(empty, empty, np.zeros(0))
