@@ -266,7 +266,8 @@ def test_calibrated_to_fire():
             distance = np.linalg.norm(usable - usable[chosen[0]], axis=1)
             for _ in range(9):
                 chosen.append(int(np.argmax(distance)))
-                distance = np.minimum(distance, np.linalg.norm(usable - usable[chosen[-1]], axis=1))
+                distance = np.minimum(distance,
+                                      np.linalg.norm(usable - usable[chosen[-1]], axis=1))
             fixed = usable[chosen]
             rows.append(embedded._pair_statistics(fixed, embedded._sphere_map(model, fixed))
                         * 2912 / width)
