@@ -105,8 +105,9 @@ def evidence(maps: refine.VesselMaps, transform: transforms.Transform,
     agreeing = residuals <= options.consensus_px * unit
     found.update(consensus=int(agreeing.sum()), share=float(agreeing.mean()))
     if len(domain):
-        found["departure_px"] = float(np.median(np.linalg.norm(
-            fitted.fixed_to_moving(domain) - transform.fixed_to_moving(domain), axis=1)))
+        distance = np.linalg.norm(fitted.fixed_to_moving(domain)
+                                  - transform.fixed_to_moving(domain), axis=1)
+        found["departure_px"] = float(np.sqrt(np.mean(distance ** 2)))
     found["heldout_px"] = refine.heldout_residual(model, inliers, options.fine.folds)
     return found
 
