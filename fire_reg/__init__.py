@@ -1,10 +1,18 @@
 """fire-reg: learned affine registration of retinal fundus photographs (Keras 3).
 
-The public API, imported lazily so that ``import fire_reg`` stays light:
-``Registrar``, ``Registration``, ``FireDataset``, ``DatasetCreator``, ``PrepareConfig``,
-``Trainer``, ``TrainConfig``, ``Tester``, ``build_model``, ``make_embedded_set``.
+The public API, imported lazily so that ``import fire_reg`` stays light (no Keras, no
+TensorFlow): ``Registrar``, ``Registration``, ``FireDataset``, ``DatasetCreator``,
+``PrepareConfig``, ``MotionRange``, ``Trainer``, ``TrainConfig``, ``AugmentConfig``,
+``NetworkConfig``, ``VesselMapSettings``, ``Tester``, ``build_model``, ``load_model`` (a
+``.keras`` file with its ``ModelSettings``), ``make_embedded_set``.
 Matrices map fixed-image pixels to moving-image pixels (see docs/conventions.md).
+
+``import fire_reg`` also makes fire-reg's layers known to Keras, so that
+``keras.saving.load_model("run/model.keras")`` works: at once when Keras is already imported,
+otherwise the moment it is.
 """
+import importlib.abc
+import sys
 from importlib import import_module
 
 __version__ = "0.1.0"
@@ -12,9 +20,12 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Registrar": "fire_reg.registrar", "Registration": "fire_reg.registrar",
     "FireDataset": "fire_reg.fire", "DatasetCreator": "fire_reg.dataset_creator",
-    "PrepareConfig": "fire_reg.dataset_creator", "Trainer": "fire_reg.trainer",
-    "TrainConfig": "fire_reg.trainer", "Tester": "fire_reg.tester",
-    "build_model": "fire_reg.network", "make_embedded_set": "fire_reg.embedded",
+    "PrepareConfig": "fire_reg.dataset_creator", "MotionRange": "fire_reg.dataset_creator",
+    "Trainer": "fire_reg.trainer", "TrainConfig": "fire_reg.trainer",
+    "AugmentConfig": "fire_reg.trainer", "NetworkConfig": "fire_reg.config",
+    "VesselMapSettings": "fire_reg.imaging", "Tester": "fire_reg.tester",
+    "build_model": "fire_reg.network", "load_model": "fire_reg.bundle",
+    "ModelSettings": "fire_reg.bundle", "make_embedded_set": "fire_reg.embedded",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -23,3 +34,36 @@ def __getattr__(name):
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'fire_reg' has no attribute {name!r}")
+
+
+class _RegisterLayersAfterKeras(importlib.abc.MetaPathFinder):
+    """Import hook: once the ``keras`` package has been executed, import fire_reg.network,
+    whose decorators register fire-reg's layers and losses with Keras; then step aside."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras":
+            return None
+        for finder in sys.meta_path:  # the spec the other finders give, its loader wrapped
+            find = getattr(finder, "find_spec", None) if finder is not self else None
+            spec = find(name, path, target) if find else None
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None:
+            exec_module = spec.loader.exec_module
+
+            def exec_and_register(module):
+                exec_module(module)
+                if self in sys.meta_path:
+                    sys.meta_path.remove(self)
+                import_module("fire_reg.network")
+
+            spec.loader.exec_module = exec_and_register
+        return spec
+
+
+if "keras" in sys.modules:
+    import_module("fire_reg.network")
+else:
+    sys.meta_path.insert(0, _RegisterLayersAfterKeras())

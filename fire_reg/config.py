@@ -68,7 +68,8 @@ class Config:
                 above: float | None = None, below: float | None = None) -> None:
         """A finite real number in [low, high], > ``above`` and < ``below``; stored as float."""
         value = getattr(self, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value)):
             raise FieldError(name, f"must be a number, got {value!r}")
         if above is not None and value <= above:
             raise FieldError(name, f"must be more than {above}, got {value!r}")

@@ -26,9 +26,8 @@ import numpy as np
 from keras import layers, ops
 
 from fire_reg import geometry
+from fire_reg.bundle import MODEL_NAME, SETTINGS_LAYER, ModelSettings
 from fire_reg.config import NetworkConfig
-
-MODEL_NAME = "fire_reg_affine"
 
 
 def _cell_centres(height: int, width: int) -> np.ndarray:
@@ -207,6 +206,26 @@ class BilinearWarp(layers.Layer):
         return input_shape[0]
 
 
+@keras.saving.register_keras_serializable(package="fire_reg")
+class SettingsLayer(layers.Layer):
+    """Identity whose config carries the model's settings (:class:`fire_reg.bundle.ModelSettings`
+    as JSON), so that every saved ``.keras`` file says how to apply it; read them with
+    :func:`fire_reg.bundle.load_model`."""
+
+    def __init__(self, settings: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.settings = settings
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "settings": self.settings}
+
+
 def feature_grid(config: NetworkConfig) -> int:
     """Side of the encoder's cell grid: the input size over 8 (three stride-2 convolutions)."""
     return config.input_size // 8
@@ -224,17 +243,24 @@ def _encoder(config: NetworkConfig) -> keras.Sequential:
     return keras.Sequential([keras.Input((size, size, 1)), *convs], name="encoder")
 
 
-def build_model(config: NetworkConfig | dict | None = None) -> keras.Model:
+def build_model(config: NetworkConfig | dict | None = None,
+                settings: ModelSettings | None = None) -> keras.Model:
     """Build the registration model (identity transform at initialisation).
 
     Inputs ``{"fixed", "moving"}`` (B, S, S, 1) float32; outputs ``{"matrix": (B, 2, 3)
     normalised fixed -> moving, "warped": (B, S, S, 1) moving image in the fixed frame,
-    "matches": (B, g*g, g*g) match logits of the g = S/8 cell grid}``.
+    "matches": (B, g*g, g*g) match logits of the g = S/8 cell grid}``. ``settings`` (default:
+    the default preprocessing, no training data) go into the model (:class:`SettingsLayer`);
+    their input size must be the config's.
     """
     if config is None:
         config = NetworkConfig()
     elif isinstance(config, dict):
         config = NetworkConfig.from_dict(config)
+    settings = settings or ModelSettings(input_size=config.input_size)
+    if settings.input_size != config.input_size:
+        raise ValueError(f"settings are for a {settings.input_size} px input, the network "
+                         f"takes {config.input_size} px")
     size = config.input_size
     fixed = keras.Input((size, size, 1), name="fixed")
     moving = keras.Input((size, size, 1), name="moving")
@@ -252,6 +278,7 @@ def build_model(config: NetworkConfig | dict | None = None) -> keras.Model:
                            name=name)(trunk) for name, units in heads.items()]
     matrix = AffineFromParams(config.use_shear, config.max_translation, name="affine")(params)
     warped = BilinearWarp(name="warp")([moving, matrix])
+    matrix = SettingsLayer(settings.to_dict(), name=SETTINGS_LAYER)(matrix)
     return keras.Model({"fixed": fixed, "moving": moving},
                        {"matrix": matrix, "warped": warped, "matches": logits}, name=MODEL_NAME)
 

@@ -34,8 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fire_reg import geometry, imaging
+from fire_reg import geometry
+from fire_reg.bundle import ModelSettings
 from fire_reg.config import Config, NetworkConfig
+from fire_reg.dataset_creator import PrepareConfig
 from fire_reg.errors import InputError, atomic_path, write_json, write_text
 from fire_reg import shards
 from fire_reg.shards import ShardStream
@@ -280,7 +282,12 @@ class Trainer:
         config = config or TrainConfig()  # the network's input size is the shards' patch size
         self.config = dataclasses.replace(config, network=dataclasses.replace(
             config.network, input_size=self.stream.patch_size))
+        self.prepared = _prepare_config(self.stream)  # how the training shards were made
         self.val_stream = ShardStream(val_dir) if val_dir else None
+        val_prepared = _prepare_config(self.val_stream) if self.val_stream else self.prepared
+        if val_prepared.preprocessing != self.prepared.preprocessing:
+            raise InputError(val_dir, "validation shards were made with other vessel-map "
+                                      "settings than the training shards")
         self.distribute = distribute
         self.completed_epochs = 0  # after fit: epochs backed up in the run folder
         self.stopped_early = False  # after fit: whether early stopping ended the run
@@ -300,8 +307,11 @@ class Trainer:
 
         from fire_reg import network
 
+        settings = ModelSettings(input_size=self.stream.patch_size,
+                                 preprocessing=self.prepared.preprocessing,
+                                 training_data=self.training_data())
         with _distribution_scope(self.distribute):
-            model = network.build_model(self.config.network)
+            model = network.build_model(self.config.network, settings)
             schedule = keras.optimizers.schedules.CosineDecay(
                 self.config.learning_rate, decay_steps=max(1, self._total_steps()),
                 alpha=self.config.min_learning_rate / self.config.learning_rate)
@@ -364,7 +374,8 @@ class Trainer:
         write_json(self.out_dir / "config.json", self.run_record())
         train = make_batches(self.stream, train_indices, self.config, training=True)
         callbacks = [
-            keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: train.set_epoch(epoch)),
+            keras.callbacks.LambdaCallback(
+                on_epoch_begin=lambda epoch, logs: train.set_epoch(epoch)),
             keras.callbacks.ModelCheckpoint(
                 str(self.out_dir / "model.keras"), monitor=monitor, save_best_only=True,
                 initial_value_threshold=min(filter(np.isfinite, logged), default=None)),
@@ -404,8 +415,9 @@ class Trainer:
         if data != self.training_data():
             differ.append("training data")
         if differ:
-            raise InputError(path, f"the run was made with other settings or data ({', '.join(differ)}"
-                                   " differ); resume with the same ones or start a new run")
+            raise InputError(path, "the run was made with other settings or data "
+                                   f"({', '.join(differ)} differ); resume with the same ones or "
+                                   "start a new run")
 
     def outputs(self) -> list[Path]:
         """The files of the run folder that exist (model.keras, last.keras, log.csv, ...)."""
@@ -444,6 +456,15 @@ class Trainer:
         shards (None when the validation pairs are split off the training shards)."""
         return {"train": shards.summary(self.stream.manifest),
                 "validation": shards.summary(self.val_stream.manifest) if self.val_stream else None}
+
+
+def _prepare_config(stream: ShardStream) -> PrepareConfig:
+    """The DatasetCreator settings a shard folder was made with (its manifest's config)."""
+    try:
+        return PrepareConfig.from_dict(stream.manifest["config"])
+    except ValueError as error:
+        raise InputError(stream.shard_dir / shards.MANIFEST_NAME,
+                         f"malformed sampling config ({error})") from None
 
 
 def _backup_path(folder: Path, epochs: int) -> Path:
@@ -534,48 +555,46 @@ def _distribution_scope(distribute: bool):
     raise InputError("--distribute", f"not supported on the {backend} backend; use jax or tensorflow")
 
 
-def export_model(run_dir, out_dir, validation_results=None):
-    """Write a run's best model without optimizer state, plus its JSON card, to ``out_dir``.
+def export_model(run_dir, out_dir, validation_results=None) -> Path:
+    """Write a run's best model (without optimizer state) and its JSON card to ``out_dir``.
 
-    The card holds the input size, preprocessing, the run's config and command, the number of
-    parameters and, from a ``fire-reg evaluate`` results.json, the validation summary.
-    Returns the model path. InputError when the run folder lacks model.keras or config.json.
+    The card: :func:`fire_reg.bundle.card` (file, parameters and the settings the model
+    carries), the run record (``training``), its log and, from a ``fire-reg evaluate``
+    results.json, the validation summary. Returns the model path. InputError when the run
+    folder lacks model.keras or config.json or ``validation_results`` is not a results.json.
     """
-    import hashlib
-
-    from fire_reg.network import MODEL_NAME as name
-    from fire_reg.registrar import load_model
+    from fire_reg import bundle
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     for needed in ("model.keras", "config.json"):
         if not (run_dir / needed).is_file():
             raise InputError(run_dir / needed, "not found: is this a `fire-reg train` run folder?")
-    model = load_model(run_dir / "model.keras")
-    model_path = out_dir / f"{name}.keras"
+    try:
+        record = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(run_dir / "config.json", f"not a fire-reg run record ({error})") from None
+    validation = _validation_summary(validation_results) if validation_results else None
+    model, settings = bundle.load_model(run_dir / "model.keras")
+    model_path = out_dir / f"{bundle.MODEL_NAME}.keras"
     with atomic_path(model_path) as tmp:
         model.save(tmp)
-    record = json.loads((run_dir / "config.json").read_text())
-    card = {
-        "model": model_path.name, "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
-        "parameters": int(model.count_params()),
-        "input_size": record["config"]["network"]["input_size"],
-        "preprocessing": f"fire_reg.imaging.vessel_map at {imaging.WORK_WIDTH} px wide (green "
-                         "channel, CLAHE, black top-hat, [0, 1], zero outside the aperture), "
-                         "letterboxed",
-        "output": "2x3 matrix, normalised input coordinates, fixed -> moving",
-        "training": record,
-        "log": _read_log(run_dir / "log.csv"),
-    }
-    if validation_results:
-        try:
-            results = json.loads(Path(validation_results).read_text())
-            card["validation"] = {"dataset": results["dataset"], "units": results["units"],
-                                  "summary": results["summary"]}
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
-            raise InputError(validation_results, "not a results.json of `fire-reg evaluate` "
-                             f"({type(error).__name__}: {error})") from None
-    write_json(out_dir / f"{name}.json", card)
+    card = {**bundle.card(model_path, model, settings), "training": record,
+            "log": _read_log(run_dir / "log.csv")}
+    if validation is not None:
+        card["validation"] = validation
+    write_json(model_path.with_suffix(".json"), card)
     return model_path
+
+
+def _validation_summary(path) -> dict:
+    """Dataset, units and summary of a ``fire-reg evaluate`` results.json."""
+    try:
+        results = json.loads(Path(path).read_text())
+        return {"dataset": results["dataset"], "units": results["units"],
+                "summary": results["summary"]}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputError(path, "not a results.json of `fire-reg evaluate` "
+                               f"({type(error).__name__}: {error})") from None
 
 
 def _read_log(path: Path) -> list[dict]:

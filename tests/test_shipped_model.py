@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from fire_reg import geometry
+from fire_reg.bundle import ModelSettings, default_model_path, load_model
 from fire_reg.fire import FireDataset
-from fire_reg.registrar import Registrar, default_model_path, load_model
+from fire_reg.imaging import VesselMapSettings
+from fire_reg.registrar import Registrar
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +22,18 @@ def test_card_describes_the_shipped_file():
     card = json.loads(path.with_suffix(".json").read_text())
     assert card["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert path.stat().st_size < 8 * 2 ** 20
-    model = load_model()
+    model, settings = load_model()
     assert card["parameters"] == model.count_params()
-    assert card["input_size"] == model.inputs[0].shape[1]
+    assert ModelSettings.from_dict({key: card[key] for key in settings.to_dict()}) == settings
     assert card["validation"]["summary"]["all"]["fire-reg"]["count"] > 0
+
+
+def test_shipped_model_says_how_it_was_trained():
+    """128 px input, vessel maps at 512 px with the default settings, 12,288 DRIVE samples."""
+    _, settings = load_model()
+    assert settings.input_size == 128 and settings.preprocessing == VesselMapSettings()
+    assert settings.preprocessing.work_width == 512
+    assert settings.training_data["train"]["samples"] == 12288
 
 
 def test_network_alone_beats_the_identity_on_an_unseen_retina(small_fire, registrar):

@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 
 from fire_reg import geometry
+from fire_reg import shards as shard_format
+from fire_reg.bundle import load_model
 from fire_reg.cli import main
 from fire_reg.dataset_creator import DatasetCreator, PrepareConfig
 from fire_reg.errors import InputError
+from fire_reg.imaging import VesselMapSettings
 from fire_reg.trainer import (AugmentConfig, TrainConfig, Trainer, augment_batch,
-                              transform_sample)
+                              export_model, transform_sample)
 
 TINY_NETWORK = {"encoder_channels": [4, 8, 8, 8, 8], "trunk_units": 16}
 
@@ -105,15 +108,42 @@ def test_tiny_training_run_writes_artefacts_resumes_and_finishes(shard_dir, tmp_
     with pytest.raises(InputError, match="config.json: .*batch_size differ"):
         Trainer(shard_dir, run, dataclasses.replace(TINY, batch_size=4)).fit(resume=True)
     # export: a loadable model without optimizer state and a card
-    from fire_reg.registrar import load_model
-    from fire_reg.trainer import export_model
-
     path = export_model(run, tmp_path / "ship")
     card = json.loads((tmp_path / "ship" / "fire_reg_affine.json").read_text())
-    assert card["input_size"] == 32 and card["parameters"] == load_model(path).count_params()
-    assert len(card["log"]) == 3
+    model, settings = load_model(path)
+    assert card["input_size"] == settings.input_size == 32
+    assert card["parameters"] == model.count_params()
+    assert path.stat().st_size < 0.7 * (run / "last.keras").stat().st_size  # no Adam moments
+    assert len(card["log"]) == 3 and card["training"]["config"]["epochs"] == 3
     with pytest.raises(InputError, match="model.keras"):
         export_model(tmp_path / "ship", tmp_path / "elsewhere")
+
+
+def test_models_carry_the_preprocessing_of_their_shards(small_fire, tmp_path):
+    """Shards made at a 256 px working width: every checkpoint and the export say so."""
+    preprocessing = VesselMapSettings(work_width=256, clahe_clip=3.0)
+    shards = tmp_path / "shards"
+    prepare = PrepareConfig(patch_size=32, per_pair=2, preprocessing=preprocessing)
+    DatasetCreator(small_fire, shards, prepare).run(progress=False)
+    assert shard_format.load_manifest(shards)["config"]["preprocessing"]["work_width"] == 256
+    config = dataclasses.replace(TINY, epochs=1, steps_per_epoch=1)
+    Trainer(shards, tmp_path / "run", config).fit(verbose=0)
+    for name in ("model.keras", "last.keras"):
+        _, settings = load_model(tmp_path / "run" / name)
+        assert settings.preprocessing == preprocessing and settings.input_size == 32
+        assert settings.training_data["train"]["samples"] == 8
+    export_model(tmp_path / "run", tmp_path / "ship")
+    card = json.loads((tmp_path / "ship" / "fire_reg_affine.json").read_text())
+    assert card["preprocessing"] == preprocessing.to_dict()
+    with pytest.raises(InputError, match="other vessel-map settings"):
+        Trainer(shards, tmp_path / "other", config,
+                val_dir=shards_with_default_maps(small_fire, tmp_path))
+
+
+def shards_with_default_maps(small_fire, tmp_path):
+    out = tmp_path / "default_shards"
+    DatasetCreator(small_fire, out, PrepareConfig(patch_size=32, per_pair=1)).run(progress=False)
+    return out
 
 
 def test_resumed_run_equals_uninterrupted_run_bit_for_bit(shard_dir, tmp_path):
@@ -154,13 +184,15 @@ def test_augmentation_settings_do_what_they_say():
     np.testing.assert_array_equal(f, fixed)
     np.testing.assert_array_equal(m, moving)
     np.testing.assert_array_equal(t, target)
-    f, m, t = augment_batch(fixed, moving, target, rng, dataclasses.replace(off, swap_probability=1))
+    swap = dataclasses.replace(off, swap_probability=1)
+    f, m, t = augment_batch(fixed, moving, target, rng, swap)
     np.testing.assert_array_equal(f, moving)
     np.testing.assert_allclose(t[3], geometry.invert(target[3]), atol=1e-12)
     f, _, _ = augment_batch(fixed, moving, target, rng, dataclasses.replace(off, noise_sigma=0.05))
     inside = (fixed > 0.2) & (fixed < 0.9)  # away from the clipping at 0 and 1
     assert 0.045 < np.std((f - fixed)[inside]) < 0.055
-    f, _, _ = augment_batch(fixed, moving, target, rng, dataclasses.replace(off, gain_range=(0.5, 0.5)))
+    half = dataclasses.replace(off, gain_range=(0.5, 0.5))
+    f, _, _ = augment_batch(fixed, moving, target, rng, half)
     np.testing.assert_allclose(f, 0.5 * fixed, rtol=1e-6)
 
 

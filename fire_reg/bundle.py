@@ -1,0 +1,159 @@
+"""The model bundle: a fire-reg ``.keras`` file that says how to apply it.
+
+Every model :func:`fire_reg.network.build_model` makes (so every checkpoint the Trainer
+writes, and every exported model) carries its :class:`ModelSettings` inside the file, in the
+config of an identity layer named ``settings`` (:class:`fire_reg.network.SettingsLayer`) on
+the matrix output: the input size, how the inputs are made (vessel maps,
+:class:`fire_reg.imaging.VesselMapSettings`), the letterbox and matrix conventions, and a
+summary of the training data. :func:`load_model` returns the model with its settings and
+refuses a file without them; :func:`card` is the JSON card ``fire-reg export`` writes beside
+the model, from the same settings.
+
+This module imports Keras only inside its functions.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from fire_reg.config import Config, FieldError
+from fire_reg.errors import InputError, atomic_path
+from fire_reg.imaging import VesselMapSettings
+
+MODEL_NAME = "fire_reg_affine"
+SETTINGS_LAYER = "settings"
+INPUTS = ("fixed", "moving")
+OUTPUTS = ("matrix", "warped", "matches")
+LETTERBOXES = {"centre": "each image scaled so that its longer side fills the square input, "
+                         "centred, zero padding (fire_reg.geometry.letterbox)"}
+MATRICES = {"normalized_fixed_to_moving": "2x3; maps normalised coordinates of the fixed input "
+                                          "(u = (2 x + 1) / S - 1, pixel centres) to those of "
+                                          "the moving input (fire_reg.geometry)"}
+
+
+@dataclass(frozen=True)
+class ModelSettings(Config):
+    """How to apply a model: what a ``.keras`` file of fire-reg carries besides its weights.
+
+    ``input_size``: side in px of the square network input. ``preprocessing``: the vessel
+    maps both photographs become (:func:`fire_reg.imaging.vessel_map` with these settings,
+    at ``preprocessing.work_width`` px) before they are letterboxed. ``letterbox`` and
+    ``matrix``: the conventions (keys of LETTERBOXES and MATRICES). ``training_data``: what
+    the model was trained on (``Trainer.training_data()``: shard summaries), None when it
+    was not trained by fire-reg's Trainer.
+    """
+
+    input_size: int = 128
+    preprocessing: VesselMapSettings = field(default_factory=VesselMapSettings)
+    letterbox: str = "centre"
+    matrix: str = "normalized_fixed_to_moving"
+    training_data: dict | None = None
+
+    def __post_init__(self):
+        self._integer("input_size", low=16)
+        self._nested("preprocessing", VesselMapSettings)
+        for name, known in (("letterbox", LETTERBOXES), ("matrix", MATRICES)):
+            if getattr(self, name) not in known:
+                raise FieldError(name, f"must be one of {sorted(known)}, got "
+                                       f"{getattr(self, name)!r}")
+        if self.training_data is not None and not isinstance(self.training_data, dict):
+            raise FieldError("training_data", f"must be an object or null, got "
+                                              f"{self.training_data!r}")
+
+
+def default_model_path() -> Path:
+    """The shipped model, ``fire_reg/weights/fire_reg_affine.keras``."""
+    return Path(str(resources.files("fire_reg") / "weights" / f"{MODEL_NAME}.keras"))
+
+
+def load_model(path=None):
+    """Load a fire-reg model and its settings: returns ``(keras.Model, ModelSettings)``.
+
+    ``path``: a ``.keras`` file; None for the shipped model. The model is loaded without its
+    optimizer (``compile=False``), with Keras' safe mode. InputError naming the file when it is
+    missing or unreadable, not a fire-reg model (name, inputs, outputs), or made by an older
+    fire-reg without settings.
+    """
+    path = Path(path) if path is not None else default_model_path()
+    model = _load_fire_reg_model(path)
+    try:
+        layer = model.get_layer(SETTINGS_LAYER)
+    except ValueError:
+        raise InputError(path, "made by an older fire-reg: it does not say how to apply it (no "
+                               "settings inside); convert it with fire_reg.bundle.upgrade_model "
+                               "or export it again") from None
+    try:
+        settings = ModelSettings.from_dict(layer.settings)
+    except (AttributeError, ValueError) as error:
+        raise InputError(path, f"its settings are malformed ({error})") from None
+    size = tuple(model.input["fixed"].shape[1:3])
+    if size != (settings.input_size, settings.input_size):
+        raise InputError(path, f"its settings say {settings.input_size} px input, the network "
+                               f"takes {size}")
+    return model, settings
+
+
+def upgrade_model(path, out_path, settings: ModelSettings):
+    """Write a model made by an older fire-reg (no settings inside) to ``out_path`` with
+    ``settings`` added, every weight unchanged; returns the new model. The settings must be
+    the ones it was trained with (its shard manifest's ``config.preprocessing``)."""
+    import keras
+
+    from fire_reg.network import SettingsLayer
+
+    path = Path(path)
+    old = _load_fire_reg_model(path)
+    if SETTINGS_LAYER in [layer.name for layer in old.layers]:
+        raise InputError(path, "already carries its settings")
+    outputs = dict(old.output)
+    outputs["matrix"] = SettingsLayer(settings.to_dict(), name=SETTINGS_LAYER)(outputs["matrix"])
+    model = keras.Model(old.input, outputs, name=MODEL_NAME)
+    with atomic_path(out_path) as tmp:
+        model.save(tmp)
+    return model
+
+
+def card(model_path, model, settings: ModelSettings) -> dict:
+    """The part of a model's JSON card that describes the file: name, sha256, parameters and
+    the settings (the same fields as ModelSettings)."""
+    model_path = Path(model_path)
+    return {"model": model_path.name,
+            "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
+            "parameters": int(model.count_params()), **settings.to_dict(),
+            "conventions": {"letterbox": LETTERBOXES[settings.letterbox],
+                            "matrix": MATRICES[settings.matrix]}}
+
+
+def _load_fire_reg_model(path: Path):
+    """A fire-reg network from a .keras file (with or without settings), or InputError."""
+    import keras
+
+    import fire_reg.network  # noqa: F401  (registers fire-reg's layers with Keras)
+
+    if not path.is_file():
+        raise InputError(path, "model file not found")
+    try:
+        with open(path, "rb"):
+            pass
+        model = keras.saving.load_model(path, compile=False)
+    except PermissionError:
+        raise InputError(path, "permission denied") from None
+    except Exception as error:  # Keras raises many types for a bad archive
+        raise InputError(path, f"not a readable Keras model ({type(error).__name__})") from None
+    inputs, outputs = _keys(model, "input"), _keys(model, "output")
+    if model.name != MODEL_NAME or inputs != sorted(INPUTS) or outputs != sorted(OUTPUTS):
+        raise InputError(path, f"not a fire-reg model (model {model.name!r} with inputs "
+                               f"{inputs or '?'} and outputs {outputs or '?'}; expected "
+                               f"{MODEL_NAME!r}, {list(INPUTS)}, {list(OUTPUTS)})")
+    return model
+
+
+def _keys(model, attribute: str) -> list[str]:
+    """Sorted names of a model's dict inputs or outputs ([] when they are not a dict)."""
+    try:
+        value = getattr(model, attribute)
+    except (AttributeError, ValueError):  # e.g. a Sequential model that was never called
+        return []
+    return sorted(value) if isinstance(value, dict) else []
