@@ -44,6 +44,7 @@ from fire_reg.shards import ShardStream
 
 BACKUP = "backup"
 """Run-folder subfolder with the state after the last completed epoch (for ``resume``)."""
+BACKUP_PREFIX, BACKUP_SUFFIX = "epoch_", ".weights.h5"
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,9 @@ class Trainer:
             config.network, input_size=self.stream.patch_size))
         self.prepared = _prepare_config(self.stream)  # how the training shards were made
         self.val_stream = ShardStream(val_dir) if val_dir else None
+        if self.val_stream and self.val_stream.patch_size != self.stream.patch_size:
+            raise InputError(val_dir, "validation shards have another patch size than the "
+                                      "training shards")
         val_prepared = _prepare_config(self.val_stream) if self.val_stream else self.prepared
         if val_prepared.preprocessing != self.prepared.preprocessing:
             raise InputError(val_dir, "validation shards were made with other vessel-map "
@@ -291,8 +295,6 @@ class Trainer:
         self.distribute = distribute
         self.completed_epochs = 0  # after fit: epochs backed up in the run folder
         self.stopped_early = False  # after fit: whether early stopping ended the run
-        if self.val_stream and self.val_stream.patch_size != self.stream.patch_size:
-            raise InputError(val_dir, "validation shards have another patch size than the training shards")
 
     @functools.cached_property
     def split(self) -> tuple[np.ndarray, np.ndarray]:
@@ -469,27 +471,29 @@ def _prepare_config(stream: ShardStream) -> PrepareConfig:
 
 def _backup_path(folder: Path, epochs: int) -> Path:
     """Model and optimizer state after ``epochs`` completed epochs."""
-    return folder / f"epoch_{epochs:04d}.weights.h5"
+    return folder / f"{BACKUP_PREFIX}{epochs:04d}{BACKUP_SUFFIX}"
 
 
 def _backed_up_epochs(folder: Path) -> int:
     """Completed epochs of the newest state in ``folder`` (0 when there is none)."""
-    found = [int(path.name[len("epoch_"):-len(".weights.h5")])
-             for path in folder.glob("epoch_[0-9][0-9][0-9][0-9].weights.h5")]
-    return max(found, default=0)
+    numbers = [path.name[len(BACKUP_PREFIX):-len(BACKUP_SUFFIX)]
+               for path in folder.glob(f"{BACKUP_PREFIX}*{BACKUP_SUFFIX}")]
+    return max((int(number) for number in numbers if number.isdigit()), default=0)
 
 
 def _backup_callback(folder: Path):
-    """Saves the model and optimizer state (atomically) after every epoch, then removes the
-    previous epoch's, so ``folder`` always holds one whole state."""
+    """Saves the model and optimizer state (atomically) after every epoch whose loss is finite,
+    then removes the previous epoch's, so ``folder`` always holds one whole state."""
     import keras
 
     class Backup(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
+            if not np.isfinite((logs or {}).get("loss", np.nan)):
+                return  # a diverged epoch (TerminateOnNaN) is not a state to resume from
             path = _backup_path(folder, epoch + 1)
-            with atomic_path(path, suffix=".weights.h5") as tmp:
+            with atomic_path(path, suffix=BACKUP_SUFFIX) as tmp:
                 self.model.save_weights(tmp)
-            for old in folder.glob("epoch_*.weights.h5"):
+            for old in folder.glob(f"{BACKUP_PREFIX}*{BACKUP_SUFFIX}"):
                 if old != path:
                     old.unlink()
 

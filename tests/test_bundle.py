@@ -140,6 +140,7 @@ KERAS_LOADS = textwrap.dedent("""
     ("tensorflow", "import keras\nimport fire_reg", "keras.saving.load_model"),
     ("tensorflow", "import fire_reg\nimport tensorflow as tf", "tf.keras.models.load_model"),
     ("jax", "import fire_reg\nimport keras", "keras.saving.load_model"),
+    ("torch", "import fire_reg\nimport keras", "keras.saving.load_model"),
 ])
 def test_import_fire_reg_is_enough_for_keras_and_stays_light(saved, backend, imports, load):
     script = KERAS_LOADS.format(imports=imports, load=load, path=str(saved))
