@@ -271,8 +271,11 @@ def cmd_train(args) -> int:
         config = replace(config, **flags)
     except FieldError as error:
         raise _flag_error(error) from None
-    trainer = Trainer(args.data, args.out, config, val_dir=args.val_data,
-                      distribute=args.distribute)
+    try:
+        trainer = Trainer(args.data, args.out, config, val_dir=args.val_data,
+                          distribute=args.distribute)
+    except FieldError as error:
+        raise _flag_error(error) from None
     if trainer.fit(resume=args.resume) is None:
         how = "early stopping" if trainer.stopped_early else f"of {config.epochs}"
         print(f"{args.out}: the run is finished ({trainer.completed_epochs} epochs, {how}); "

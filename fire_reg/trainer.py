@@ -36,7 +36,7 @@ import numpy as np
 
 from fire_reg import geometry
 from fire_reg.bundle import ModelSettings
-from fire_reg.config import Config, NetworkConfig
+from fire_reg.config import Config, FieldError, NetworkConfig
 from fire_reg.dataset_creator import PrepareConfig
 from fire_reg.errors import InputError, atomic_path, write_json, write_text
 from fire_reg import shards
@@ -292,6 +292,8 @@ class Trainer:
         if val_prepared.preprocessing != self.prepared.preprocessing:
             raise InputError(val_dir, "validation shards were made with other vessel-map "
                                       "settings than the training shards")
+        if distribute:
+            _check_distributable()
         self.distribute = distribute
         self.completed_epochs = 0  # after fit: epochs backed up in the run folder
         self.stopped_early = False  # after fit: whether early stopping ended the run
@@ -541,22 +543,29 @@ def _installed(package: str) -> bool:
 
 def _distribution_scope(distribute: bool):
     """Data parallelism over all local devices: Keras' DataParallel on JAX,
-    tf.distribute.MirroredStrategy on TensorFlow; a no-op scope when not asked."""
+    tf.distribute.MirroredStrategy on TensorFlow (the backends _check_distributable
+    admits); a no-op scope when not asked."""
     import contextlib
 
     import keras
 
     if not distribute:
         return contextlib.nullcontext()
-    backend = keras.backend.backend()
-    if backend == "jax":
+    if keras.backend.backend() == "jax":
         keras.distribution.set_distribution(keras.distribution.DataParallel())
         return contextlib.nullcontext()
-    if backend == "tensorflow":
-        import tensorflow as tf
+    import tensorflow as tf
 
-        return tf.distribute.MirroredStrategy().scope()
-    raise InputError("--distribute", f"not supported on the {backend} backend; use jax or tensorflow")
+    return tf.distribute.MirroredStrategy().scope()
+
+
+def _check_distributable() -> None:
+    """Data-parallel training needs the JAX or TensorFlow backend (FieldError otherwise)."""
+    import keras
+
+    if keras.backend.backend() not in ("jax", "tensorflow"):
+        raise FieldError("distribute", f"is not supported on the {keras.backend.backend()} "
+                                       "backend; use jax or tensorflow")
 
 
 def export_model(run_dir, out_dir, validation_results=None) -> Path:

@@ -229,6 +229,16 @@ def test_bad_config_value_exits_2(shard_dir, tmp_path, capsys):
     assert f"{path}: not a valid training config (epochs must be a whole number" in err
 
 
+def test_distribute_needs_jax_or_tensorflow(shard_dir, tmp_path, capsys, monkeypatch):
+    import keras
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    code, _, err = run_cli(capsys, "train", "--data", shard_dir, "--out", tmp_path / "run",
+                           "--distribute")
+    assert code == 2 and err.strip() == ("fire-reg: error: --distribute: is not supported on the "
+                                         "torch backend; use jax or tensorflow")
+
+
 def test_distributed_training_under_jax(shard_dir, tmp_path):
     """`fire-reg train --distribute` (keras.distribution.DataParallel) on the JAX backend."""
     import os
