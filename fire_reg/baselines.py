@@ -122,7 +122,7 @@ def _keypoint_method(detector_factory, norm: int, model: str):
 
 def _ecc(fixed, moving, fixed_mask=None, moving_mask=None) -> Registration:
     """Affine ECC from the identity on vessel maps at :data:`ECC_WIDTH` px."""
-    maps = refine.VesselMaps.of(fixed, moving, ECC_WIDTH,
+    maps = refine.VesselMaps.of(fixed, moving, imaging.VesselMapSettings(work_width=ECC_WIDTH),
                                 None if fixed_mask is None else np.asarray(fixed_mask) > 0,
                                 None if moving_mask is None else np.asarray(moving_mask) > 0)
     start = geometry.rescale(geometry.identity(), maps.fixed_scale, maps.moving_scale)

@@ -44,11 +44,16 @@ class VesselMaps:
     width: int
 
     @classmethod
-    def of(cls, fixed, moving, width: int, fixed_mask=None, moving_mask=None) -> "VesselMaps":
-        """Vessel maps of two BGR (or gray) images at ``width`` px wide."""
-        fixed_map, fixed_fov, fixed_scale = imaging.vessel_map(fixed, fixed_mask, width)
-        moving_map, moving_fov, moving_scale = imaging.vessel_map(moving, moving_mask, width)
-        return cls(fixed_map, fixed_fov, moving_map, moving_fov, fixed_scale, moving_scale, width)
+    def of(cls, fixed, moving, settings: imaging.VesselMapSettings, fixed_mask=None,
+           moving_mask=None) -> "VesselMaps":
+        """Vessel maps of two BGR (or gray) images made with ``settings`` (its
+        ``work_width`` px wide)."""
+        fixed_map, fixed_fov, fixed_scale = imaging.vessel_map(fixed, fixed_mask,
+                                                               settings=settings)
+        moving_map, moving_fov, moving_scale = imaging.vessel_map(moving, moving_mask,
+                                                                  settings=settings)
+        return cls(fixed_map, fixed_fov, moving_map, moving_fov, fixed_scale, moving_scale,
+                   settings.work_width)
 
     @property
     def arrays(self):

@@ -24,68 +24,34 @@ The returned transform is in the pixels of the images given (original pixels thr
 """
 from __future__ import annotations
 
+import dataclasses
 import time
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
 from fire_reg import geometry, imaging, transforms, trust
 from fire_reg import refine as refine_module
-from fire_reg.errors import InputError
 from fire_reg.result import Registration, register_files
-
-def default_model_path() -> Path:
-    """The weights shipped inside the package."""
-    from fire_reg.network import MODEL_NAME
-
-    return Path(str(resources.files("fire_reg") / "weights" / f"{MODEL_NAME}.keras"))
-
-
-def load_model(path=None):
-    """Load a fire-reg ``.keras`` model (the shipped one when ``path`` is None).
-
-    Raises InputError when the file is missing or is not a fire-reg model.
-    """
-    import keras
-
-    from fire_reg.network import MODEL_NAME  # also registers the custom layers
-
-    path = Path(path) if path is not None else default_model_path()
-    if not path.is_file():
-        raise InputError(path, "model file not found")
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as error:  # Keras raises many types for a bad archive
-        raise InputError(path, f"not a readable fire-reg model ({type(error).__name__})") from None
-    names = set(getattr(model, "input_names", None) or _input_names(model))
-    if model.name != MODEL_NAME or names != {"fixed", "moving"}:
-        raise InputError(path, f"not a fire-reg model (model '{model.name}' with inputs "
-                               f"{sorted(names)})")
-    return model
-
-
-def _input_names(model) -> list[str]:
-    inputs = model.inputs if isinstance(model.inputs, (list, tuple)) else [model.inputs]
-    return [getattr(tensor, "name", "").split(":")[0] for tensor in inputs]
-
 
 class Registrar:
     """Registers pairs of fundus photographs with the learned network, ECC and the fine stage.
 
-    ``model``: a loaded fire-reg Keras model, a ``.keras`` path, or None (shipped weights);
+    ``model``: a ``.keras`` path or None (the shipped weights), loaded with
+    :func:`fire_reg.bundle.load_model`, or an already loaded ``(model, settings)`` pair: the
+    vessel maps are made with the model's own preprocessing settings (working width, CLAHE,
+    top-hat), so a model trained at another width is applied as it was trained.
     ``iterations``: network passes (>= 1); ``refine``: "ecc" or "none" (affine ECC after the
     network); ``transform``: the richest model the fine stage may fit ("quadratic",
-    "homography", "affine") or "none" (network + ECC affine only); ``work_width``: px of the
-    working vessel maps; ``refine_width``: optional finer ECC polish width (px).
-    ValueError for settings out of range.
+    "homography", "affine") or "none" (network + ECC affine only); ``refine_width``: optional
+    finer ECC polish width (px). ValueError for settings out of range; InputError for a
+    missing or foreign model file.
     """
 
     name = "fire-reg"
 
     def __init__(self, model=None, iterations: int = 2, refine: str | None = "ecc",
-                 work_width: int = imaging.WORK_WIDTH, refine_width: int | None = None,
-                 transform: str = "quadratic", fine: refine_module.FineOptions | None = None,
+                 refine_width: int | None = None, transform: str = "quadratic",
+                 fine: refine_module.FineOptions | None = None,
                  trust_options: trust.TrustOptions | None = None):
         refine = "none" if refine is None else refine
         if refine not in ("none", "ecc"):
@@ -97,13 +63,17 @@ class Registrar:
             raise ValueError(f"iterations must be at least 1, got {iterations}")
         if refine_width is not None and int(refine_width) < 64:
             raise ValueError(f"refine width must be at least 64 px, got {refine_width}")
-        if int(work_width) < 64:
-            raise ValueError(f"work width must be at least 64 px, got {work_width}")
-        self.model = model if hasattr(model, "predict") else load_model(model)
-        self.size = int(self.model.inputs[0].shape[1])
+        if isinstance(model, tuple):
+            self.model, self.settings = model
+        else:
+            from fire_reg import bundle
+
+            self.model, self.settings = bundle.load_model(model)
+        self.size = self.settings.input_size
+        self.preprocessing = self.settings.preprocessing
+        self.work_width = self.preprocessing.work_width
         self.iterations = int(iterations)
         self.refine = refine
-        self.work_width = int(work_width)
         self.refine_width = None if refine_width is None else int(refine_width)
         self.transform = transform
         self.fine = fine or refine_module.FineOptions()
@@ -120,7 +90,7 @@ class Registrar:
                  moving_mask=None) -> Registration:
         """Register two BGR (or gray) images; the transform is in these images' pixels."""
         start = time.perf_counter()
-        maps = refine_module.VesselMaps.of(fixed, moving, self.work_width, fixed_mask,
+        maps = refine_module.VesselMaps.of(fixed, moving, self.preprocessing, fixed_mask,
                                            moving_mask)
         estimate, similarity = self._network_estimate(maps)
         stages = {"network": maps.to_full(estimate)}
@@ -150,7 +120,8 @@ class Registrar:
         steps = [(maps, refine_module.EccOptions(levels=3))]
         fine_width = min(self.refine_width or 0, fixed.shape[1], moving.shape[1])
         if fine_width >= 1.5 * self.work_width:
-            steps.append((refine_module.VesselMaps.of(fixed, moving, fine_width, fixed_mask,
+            finer = dataclasses.replace(self.preprocessing, work_width=fine_width)
+            steps.append((refine_module.VesselMaps.of(fixed, moving, finer, fixed_mask,
                                                       moving_mask),
                           refine_module.EccOptions(levels=1, iterations=20, epsilon=1e-4)))
         full = maps.to_full(estimate)

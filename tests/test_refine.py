@@ -7,6 +7,7 @@ from skimage import data
 from fire_reg import geometry, imaging, refine, transforms
 
 WIDTH = 512
+SETTINGS = imaging.VesselMapSettings(work_width=WIDTH)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def _error(transform, truth, maps):
 
 def test_fine_stage_recovers_a_quadratic_from_its_best_affine(retina):
     fixed, moving, truth = curved_pair(retina, BENT)
-    maps = refine.VesselMaps.of(fixed, moving, WIDTH)
+    maps = refine.VesselMaps.of(fixed, moving, SETTINGS)
     start = transforms.Affine(truth.best_affine(maps.common_points(truth)))
     outcome = refine.fine_stage(maps, start, "quadratic")
     assert outcome.model == "quadratic" and "quadratic from" in outcome.reason
@@ -54,13 +55,13 @@ def test_fine_stage_falls_back_when_evidence_is_thin(retina):
     """With a quadratic demanding more matches than there are tiles, the stage keeps a simpler
     model and says why; with no vessels at all it returns the start unchanged."""
     fixed, moving, truth = curved_pair(retina, BENT)
-    maps = refine.VesselMaps.of(fixed, moving, WIDTH)
+    maps = refine.VesselMaps.of(fixed, moving, SETTINGS)
     start = transforms.Affine(truth.best_affine(maps.common_points(truth)))
     greedy = refine.FineOptions(min_inliers={"quadratic": 10_000, "homography": 12, "affine": 6})
     outcome = refine.fine_stage(maps, start, "quadratic", greedy)
     assert outcome.model == "homography" and "no quadratic" in outcome.reason
     blank = np.zeros_like(fixed)
-    empty = refine.VesselMaps.of(blank, blank, WIDTH)
+    empty = refine.VesselMaps.of(blank, blank, SETTINGS)
     outcome = refine.fine_stage(empty, start, "quadratic")
     assert outcome.transform is start and outcome.model == "affine"
 
@@ -69,7 +70,7 @@ def test_match_tiles_report_where_content_moved(retina):
     """A pure shift of (3, -2) px: every confident tile match says so, to sub-pixel precision."""
     shift = transforms.Affine([[1, 0, 3.0], [0, 1, -2.0]])
     moving = shift.warp(retina, (retina.shape[1], retina.shape[0]))
-    maps = refine.VesselMaps.of(moving, retina, WIDTH)  # fixed p shows at p + (3, -2) ... in retina
+    maps = refine.VesselMaps.of(moving, retina, SETTINGS)  # fixed p shows at p + (3, -2)
     matches = refine.match_tiles(maps, transforms.Affine(geometry.identity()), radius=8)
     assert len(matches) > 50
     displacement = np.median(matches.moving - matches.fixed, axis=0)
@@ -82,14 +83,14 @@ def test_ecc_refines_a_nearby_affine_start(retina):
         (255.5, 255.5)))
     truth.matrix[:, 2] += (12.0, -9.0)
     moving = transforms.Affine(geometry.invert(truth.matrix)).warp(retina, (WIDTH, retina.shape[0]))
-    maps = refine.VesselMaps.of(retina, moving, WIDTH)
+    maps = refine.VesselMaps.of(retina, moving, SETTINGS)
     start = geometry.compose(truth.matrix, [[1, 0, 6.0], [0, 1, -4.0]])
     outcome = refine.ecc_on_maps(maps, start, refine.EccOptions(levels=2))
     assert outcome.matrix is not None, outcome.reason
     points = maps.common_points(truth)
     assert geometry.mean_point_distance(outcome.matrix, truth.matrix, points) < 0.5
     noise = np.random.default_rng(0).integers(0, 255, retina.shape, dtype=np.uint8)
-    unrelated = refine.VesselMaps.of(retina, noise, WIDTH)
+    unrelated = refine.VesselMaps.of(retina, noise, SETTINGS)
     assert refine.ecc_on_maps(unrelated, start).matrix is None  # reported, not raised
 
 

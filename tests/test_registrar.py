@@ -1,22 +1,24 @@
 """Registrar: pixel bookkeeping of coarse-to-fine, refinement, status, model loading."""
-import keras
 import numpy as np
 import pytest
 
-from fire_reg import geometry, imaging, metrics, network
+from fire_reg import bundle, geometry, imaging, metrics, network
 from fire_reg.errors import InputError
 from fire_reg.fire import FireDataset
-from fire_reg.registrar import Registrar, load_model
+from fire_reg.registrar import Registrar
 
 
-def constant_model(shift_u, size=32):
-    """A fire-reg model whose translation head always answers (shift_u, 0) (normalised)."""
+def constant_model(shift_u, size=32, work_width=512):
+    """(model, settings): a fire-reg model whose translation head always answers (shift_u, 0)
+    (normalised), applied to vessel maps ``work_width`` px wide."""
+    settings = bundle.ModelSettings(input_size=size,
+                                    preprocessing=imaging.VesselMapSettings(work_width=work_width))
     model = network.build_model({"input_size": size, "encoder_channels": [4, 8, 8, 8],
-                                 "trunk_units": 8})
+                                 "trunk_units": 8}, settings)
     head = model.get_layer("translation")
     kernel, bias = head.get_weights()
     head.set_weights([kernel, np.array([shift_u, 0.0], np.float32)])
-    return model
+    return model, settings
 
 
 def test_coarse_to_fine_composes_residuals():
@@ -57,7 +59,7 @@ def test_identity_model_with_ecc_recovers_small_motion(small_fire):
 def test_fine_stage_returns_the_requested_model_and_is_more_accurate(small_fire, model):
     pair = FireDataset(small_fire)["S02"]
     fixed_pts, moving_pts = pair.control_points()
-    registrar = Registrar(constant_model(0.0), iterations=1, transform=model, work_width=384)
+    registrar = Registrar(constant_model(0.0, work_width=384), iterations=1, transform=model)
     result = registrar.register(pair.image("fixed"), pair.image("moving"))
     assert result.transform.model == model, result.reason
     assert f"{model} from" in result.reason
@@ -74,7 +76,7 @@ def test_fine_stage_returns_the_requested_model_and_is_more_accurate(small_fire,
 def test_fine_refinement_at_a_larger_width(small_fire):
     """With refine_width the ECC polish runs on finer maps and is recorded as a stage."""
     pair = FireDataset(small_fire)["S02"]
-    registrar = Registrar(constant_model(0.0), iterations=1, refine="ecc", work_width=128,
+    registrar = Registrar(constant_model(0.0, work_width=128), iterations=1, refine="ecc",
                           refine_width=384, transform="none")
     result = registrar.register(pair.image("fixed"), pair.image("moving"))
     truth, _ = pair.ground_truth()
@@ -111,19 +113,15 @@ def test_settings_out_of_range_are_refused(tiny_model_path):
             Registrar(tiny_model_path, **kwargs)
 
 
-def test_load_model_errors(tmp_path, tiny_model_path):
-    with pytest.raises(InputError, match="not found"):
-        load_model(tmp_path / "missing.keras")
-    junk = tmp_path / "junk.keras"
-    junk.write_bytes(b"not a zip archive")
-    with pytest.raises(InputError, match="junk.keras"):
-        load_model(junk)
-    other = tmp_path / "other.keras"
-    inputs = keras.Input((4,))
-    keras.Model(inputs, keras.layers.Dense(2)(inputs), name="something_else").save(other)
-    with pytest.raises(InputError, match="not a fire-reg model"):
-        load_model(other)
-    assert load_model(tiny_model_path).name == "fire_reg_affine"
+def test_the_model_s_own_preprocessing_is_applied(small_fire, tmp_path):
+    """A model saved with a 256 px working width is applied at 256 px after loading."""
+    model, settings = constant_model(0.0, work_width=256)
+    model.save(tmp_path / "m.keras")
+    registrar = Registrar(tmp_path / "m.keras", transform="none")
+    assert registrar.work_width == 256 and registrar.settings == settings
+    pair = FireDataset(small_fire)["S01"]
+    result = registrar.register(pair.image("fixed"), pair.image("moving"))
+    assert "ecc_256px" in result.stages
 
 
 def test_vessel_map_is_zero_outside_the_aperture(small_fire):
