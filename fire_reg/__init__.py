@@ -1,7 +1,11 @@
 """fire-reg: learned affine registration of retinal fundus photographs (Keras 3).
 
 The public API, imported lazily so that ``import fire_reg`` stays light (no Keras, no
-TensorFlow): ``Registrar``, ``Registration``, ``FireDataset``, ``DatasetCreator``,
+TensorFlow): ``Registrar``, ``Registration``, ``register_files`` and ``write_files`` (the one
+path from image files to a result and its files), ``baseline(name)`` (a classic method:
+sift, sift-homography, orb, ecc, identity), ``fit_transform(model, fixed_pts, moving_pts)``
+and ``transform_from_dict`` (affine / homography / quadratic), ``trust_summary``,
+``FireDataset``, ``DatasetCreator``,
 ``PrepareConfig``, ``MotionRange``, ``Trainer``, ``TrainConfig``, ``AugmentConfig``,
 ``NetworkConfig``, ``VesselMapSettings``, ``Tester``, ``build_model``, ``load_model`` (a
 ``.keras`` file with its ``ModelSettings``), ``make_embedded_set``.
@@ -18,7 +22,10 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Registrar": "fire_reg.registrar", "Registration": "fire_reg.registrar",
+    "Registrar": "fire_reg.registrar", "Registration": "fire_reg.result",
+    "register_files": "fire_reg.result", "write_files": "fire_reg.result",
+    "baseline": "fire_reg.baselines", "fit_transform": "fire_reg.transforms",
+    "transform_from_dict": "fire_reg.transforms", "trust_summary": "fire_reg.metrics",
     "FireDataset": "fire_reg.fire", "DatasetCreator": "fire_reg.dataset_creator",
     "PrepareConfig": "fire_reg.dataset_creator", "MotionRange": "fire_reg.dataset_creator",
     "Trainer": "fire_reg.trainer", "TrainConfig": "fire_reg.trainer",

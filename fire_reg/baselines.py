@@ -170,7 +170,7 @@ METHODS = {baseline.name: baseline for baseline in (
 )}
 
 
-def get(name: str) -> Baseline:
+def baseline(name: str) -> Baseline:
     """The baseline called ``name``; ValueError naming the choices for an unknown one."""
     if name not in METHODS:
         raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(METHODS)}")

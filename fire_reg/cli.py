@@ -234,11 +234,11 @@ def cmd_evaluate(args) -> int:
         raise InputError(args.fire, problems[0] if len(problems) == 1
                          else f"{len(problems)} problems found (listed above)")
     try:
-        chosen = [baselines.get(n.strip()) for n in args.baselines.split(",") if n.strip()]
+        chosen = [baselines.baseline(n.strip()) for n in args.baselines.split(",") if n.strip()]
     except ValueError as error:
         raise InputError("--baselines", str(error)) from None
     methods = ([] if args.no_model else [_registrar(args)]) + [
-        m for m in chosen if m.name != "identity"] + [baselines.get("identity")]
+        m for m in chosen if m.name != "identity"] + [baselines.baseline("identity")]
     tester = Tester(args.fire, args.out, methods, overlays=args.overlays, resume=args.resume)
     tester.run()
     print((Path(args.out) / "report.md").read_text())

@@ -32,7 +32,7 @@ def run_demo(out_dir, model=None, baselines=("sift", "sift-homography", "orb", "
     write_files(out_dir / "register", result, pair.fixed_path, pair.moving_path)
     print(f"      {result.status}: {result.reason} ({result.seconds:.2f} s)")
     print(f"[3/3] evaluate fire-reg vs {', '.join(baselines)} -> {out_dir / 'evaluation'}")
-    methods = [registrar] + [classic.get(name) for name in (*baselines, "identity")]
+    methods = [registrar] + [classic.baseline(name) for name in (*baselines, "identity")]
     Tester(fire_dir, out_dir / "evaluation", methods).run()
     report = out_dir / "evaluation" / "report.md"
     print(report.read_text())

@@ -343,10 +343,10 @@ def fit_trimmed(model: str, matches: Matches, domain, options: FineOptions = Fin
 
 
 def _weighted_fit(model: str, matches: Matches) -> transforms.Transform:
-    """``transforms.fit`` weighted by the correlation scores (a homography unweighted);
+    """``transforms.fit_transform`` weighted by the correlation scores (a homography unweighted);
     a quadratic's inverse is only fitted roughly here (over the matches' bounding box)."""
     weights = None if model == "homography" else matches.score
-    return transforms.fit(model, matches.fixed, matches.moving, weights=weights)
+    return transforms.fit_transform(model, matches.fixed, matches.moving, weights=weights)
 
 
 def _hull_share(points: np.ndarray, area: float) -> float:

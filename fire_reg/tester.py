@@ -108,7 +108,7 @@ class Tester:
                 "overlap": result.overlap, "transform_model": result.transform.model,
                 **self._errors(result.transform, fixed_pts, moving_pts, to_fire)}
         for model, name in zip(transforms.MODELS, REFERENCES):
-            fitted = transforms.fit(model, fixed_pts, moving_pts)
+            fitted = transforms.fit_transform(model, fixed_pts, moving_pts)
             entries[name] = {"transform": fitted.to_dict(),
                              "matrix": fitted.best_affine(fixed_pts).tolist(),
                              "seconds": 0.0, "status": "ok", "reason":
@@ -175,7 +175,7 @@ class Tester:
             fixed_pts, moving_pts = pair.control_points()
             visualize.save_overlay_panel(
                 self.out_dir / "overlays" / f"{pid}.png", pair.image("fixed"), pair.image("moving"),
-                transforms.from_dict(pairs[pid]["transform"]), fixed_pts, moving_pts,
+                transforms.transform_from_dict(pairs[pid]["transform"]), fixed_pts, moving_pts,
                 title=f"{pid} ({pairs[pid]['category']}) {pairs[pid]['method']}: "
                       f"{pairs[pid]['error_px']:.1f} FIRE-equivalent px (panels: image px)")
 

@@ -20,7 +20,8 @@ Conventions (as :mod:`fire_reg.geometry`)
       {"model": "quadratic", "fixed_to_moving": [[a0..a5], [b0..b5]],
        "moving_to_fixed": [[...], [...]]}
 
-  (2x3 arrays for an affine, 3x3 for a homography), float64; :func:`from_dict` reads it back.
+  (2x3 arrays for an affine, 3x3 for a homography), float64; :func:`transform_from_dict`
+  reads it back.
 """
 from __future__ import annotations
 
@@ -280,7 +281,7 @@ def _fit_quadratic(src, dst, weights=None) -> np.ndarray:
     return unit_coefficients.T @ _substitution(to_unit)
 
 
-def fit(model: str, fixed_pts, moving_pts, domain=None, weights=None) -> Transform:
+def fit_transform(model: str, fixed_pts, moving_pts, domain=None, weights=None) -> Transform:
     """Least-squares ``model`` transform with ``moving ~ T(fixed)`` over point pairs.
 
     ``domain``: (N, 2) fixed points over which a quadratic's inverse is fitted (default: the
@@ -317,7 +318,7 @@ def as_transform(value) -> Transform:
     return value if isinstance(value, Transform) else Affine(value)
 
 
-def from_dict(data: dict) -> Transform:
+def transform_from_dict(data: dict) -> Transform:
     """Read the ``transform`` schema back (ValueError for an unknown model or bad arrays)."""
     model = data.get("model")
     forward = np.asarray(data.get("fixed_to_moving"), dtype=np.float64)

@@ -35,8 +35,8 @@ def _grid_error(result, fixed, matrix):
                                                 ("orb", 4.0), ("ecc", 2.0)])
 def test_recovers_known_affine(pair, name, tolerance_px):
     fixed, moving, matrix = pair
-    assert _grid_error(baselines.get("identity").register(fixed, moving), fixed, matrix) > 20
-    result = baselines.get(name).register(fixed, moving)
+    assert _grid_error(baselines.baseline("identity").register(fixed, moving), fixed, matrix) > 20
+    result = baselines.baseline(name).register(fixed, moving)
     assert result.status == "ok", result.reason
     assert result.matrix.shape == (2, 3) and result.matrix.dtype == np.float64
     assert result.transform.model == ("homography" if name == "sift-homography" else "affine")
@@ -50,7 +50,7 @@ def test_matrix_is_in_full_resolution_pixels_for_large_images(pair):
     big_fixed = cv2.resize(fixed, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR)
     big_moving = cv2.resize(moving, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR)
     big_matrix = geometry.rescale(matrix, 2.0, 2.0)
-    result = baselines.get("sift").register(big_fixed, big_moving)
+    result = baselines.baseline("sift").register(big_fixed, big_moving)
     assert result.status == "ok", result.reason
     assert _grid_error(result, big_fixed, big_matrix) < 4.0
 
@@ -60,7 +60,7 @@ def test_images_of_different_sizes(pair, name):
     """Cropping 30 px left and 20 px top off the moving image shifts M by (-30, -20)."""
     fixed, moving, matrix = pair
     cropped = np.ascontiguousarray(moving[20:, 30:])
-    result = baselines.get(name).register(fixed, cropped,
+    result = baselines.baseline(name).register(fixed, cropped,
                                           moving_mask=imaging.fov_mask(fixed)[20:, 30:])
     assert result.status == "ok", result.reason
     assert _grid_error(result, fixed, geometry.compose([[1, 0, -30], [0, 1, -20]], matrix)) < 2.0
@@ -70,7 +70,7 @@ def test_ecc_without_template_mask_support(pair, monkeypatch):
     """OpenCV < 4.13 has no findTransformECCWithMask: the moving mask goes to findTransformECC."""
     monkeypatch.delattr(cv2, "findTransformECCWithMask", raising=False)
     fixed, moving, matrix = pair
-    result = baselines.get("ecc").register(fixed, moving)
+    result = baselines.baseline("ecc").register(fixed, moving)
     assert result.status == "ok", result.reason
     assert _grid_error(result, fixed, matrix) < 2.0
 
@@ -78,7 +78,7 @@ def test_ecc_without_template_mask_support(pair, monkeypatch):
 def test_explicit_masks_are_used(pair):
     fixed, moving, matrix = pair
     mask = imaging.fov_mask(fixed)
-    result = baselines.get("sift").register(fixed, moving, fixed_mask=mask,
+    result = baselines.baseline("sift").register(fixed, moving, fixed_mask=mask,
                                             moving_mask=mask.astype(np.uint8) * 255)
     assert result.status == "ok" and _grid_error(result, fixed, matrix) < 2.0
 
@@ -87,7 +87,7 @@ def test_explicit_masks_are_used(pair):
 def test_failure_is_reported_not_raised(name):
     noise = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
     flat = np.full((200, 300, 3), 128, np.uint8)
-    result = baselines.get(name).register(noise, flat)
+    result = baselines.baseline(name).register(noise, flat)
     assert result.status == "failed" and result.reason
     np.testing.assert_array_equal(result.matrix, geometry.identity())
 
@@ -95,17 +95,17 @@ def test_failure_is_reported_not_raised(name):
 def test_registry_and_unknown_name(pair):
     fixed, moving, _ = pair
     assert set(baselines.METHODS) == {"sift", "sift-homography", "orb", "ecc", "identity"}
-    result = baselines.get("identity").register(fixed, moving)
+    result = baselines.baseline("identity").register(fixed, moving)
     assert result.status == "ok" and result.fixed_size == (fixed.shape[1], fixed.shape[0])
     np.testing.assert_array_equal(result.matrix, np.eye(2, 3))
     with pytest.raises(ValueError, match="unknown baseline"):
-        baselines.get("surf")
+        baselines.baseline("surf")
 
 
 def test_register_files_returns_original_pixels(pair, tmp_path):
     fixed, moving, matrix = pair
     cv2.imwrite(str(tmp_path / "f.png"), fixed)
     cv2.imwrite(str(tmp_path / "m.png"), moving)
-    result = baselines.get("ecc").register_files(tmp_path / "f.png", tmp_path / "m.png")
+    result = baselines.baseline("ecc").register_files(tmp_path / "f.png", tmp_path / "m.png")
     assert result.fixed_size == (fixed.shape[1], fixed.shape[0])
     assert _grid_error(result, fixed, matrix) < 2.0

@@ -40,7 +40,7 @@ def test_quadratic_coefficients_of_the_inverse_are_close_over_the_domain():
 def test_fit_recovers_each_model_exactly(model):
     truth = sample_transforms()[transforms.MODELS.index(model)]
     fixed = RNG.uniform(0, 500, (40, 2))
-    fitted = transforms.fit(model, fixed, truth.fixed_to_moving(fixed))
+    fitted = transforms.fit_transform(model, fixed, truth.fixed_to_moving(fixed))
     np.testing.assert_allclose(fitted.fixed_to_moving(grid()), truth.fixed_to_moving(grid()),
                                atol=1e-4)  # OpenCV's homography solver works in float32 steps
     assert fitted.model == model
@@ -48,9 +48,9 @@ def test_fit_recovers_each_model_exactly(model):
 
 def test_fit_rejects_too_few_points_and_unknown_models():
     with pytest.raises(ValueError, match="at least 6"):
-        transforms.fit("quadratic", np.zeros((5, 2)), np.zeros((5, 2)))
+        transforms.fit_transform("quadratic", np.zeros((5, 2)), np.zeros((5, 2)))
     with pytest.raises(ValueError, match="unknown transform model"):
-        transforms.fit("spline", np.zeros((9, 2)), np.zeros((9, 2)))
+        transforms.fit_transform("spline", np.zeros((9, 2)), np.zeros((9, 2)))
 
 
 @pytest.mark.parametrize("transform", sample_transforms(), ids=lambda t: t.model)
@@ -97,12 +97,12 @@ def test_schema_round_trip(transform):
     shape = {"affine": (2, 3), "homography": (3, 3), "quadratic": (2, 6)}[transform.model]
     assert np.asarray(data["fixed_to_moving"]).shape == shape
     assert np.asarray(data["moving_to_fixed"]).shape == shape
-    back = transforms.from_dict(data)
+    back = transforms.transform_from_dict(data)
     np.testing.assert_allclose(back.fixed_to_moving(grid()), transform.fixed_to_moving(grid()))
     np.testing.assert_allclose(back.moving_to_fixed(grid()), transform.moving_to_fixed(grid()),
                                atol=1e-6)
     with pytest.raises(ValueError, match="unknown transform model"):
-        transforms.from_dict({"model": "tps"})
+        transforms.transform_from_dict({"model": "tps"})
 
 
 def test_best_affine_of_an_affine_is_itself_and_of_a_quadratic_is_close():
@@ -122,7 +122,7 @@ def test_real_p01_control_points_reach_the_published_ceilings():
         pytest.skip("real FIRE pair P01 not on this machine")
     points = np.loadtxt(path)
     fixed, moving = points[:, :2], points[:, 2:]
-    errors = {model: np.linalg.norm(transforms.fit(model, fixed, moving).moving_to_fixed(moving)
+    errors = {model: np.linalg.norm(transforms.fit_transform(model, fixed, moving).moving_to_fixed(moving)
                                     - fixed, axis=1).mean() for model in transforms.MODELS}
     assert errors["affine"] == pytest.approx(12.7, abs=0.1)
     assert errors["homography"] == pytest.approx(8.3, abs=0.1)
