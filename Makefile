@@ -25,6 +25,7 @@ clean:
 
 # The shipped weights (fire_reg/weights/): DRIVE retinas 09-40 for training, 01-08 held out.
 DRIVE ?= ../shared/data/drive/images
+P01 ?= ../shared/data/fire_p01
 WORK ?= work
 .PHONY: shipped-model benchmarks
 shipped-model: $(STAMP)
@@ -44,4 +45,4 @@ shipped-model: $(STAMP)
 	    --out fire_reg/weights
 
 benchmarks: $(STAMP)
-	$(BIN)/python benchmarks/run_benchmarks.py --drive $(DRIVE) --out out/bench
+	$(BIN)/python benchmarks/run_benchmarks.py --drive $(DRIVE) --p01 $(P01) --out out/bench --write-readme
