@@ -684,6 +684,13 @@ def _render_sphere(source: _Source, model: dict, which: str, field=None):
         grid = np.indices((height, width), dtype=np.float32)[::-1].transpose(1, 2, 0) + field
         source_xy = cv2.remap(source_xy, grid, None, cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REPLICATE)
+    return _sample_source(source, source_xy)
+
+
+def _sample_source(source: _Source, source_xy) -> tuple[np.ndarray, np.ndarray]:
+    """The source image at the source px of every output pixel ((H, W, 2) float32 map),
+    black where that is outside the aperture or the source's own field of view; returns
+    (BGR uint8 image, bool mask of the pixels that show retina)."""
     image = cv2.remap(source.image, source_xy, None, cv2.INTER_LINEAR,
                       borderMode=cv2.BORDER_CONSTANT)
     inside = cv2.remap(source.inside, source_xy, None, cv2.INTER_NEAREST,
@@ -855,16 +862,11 @@ def _render(source: _Source, view, field=None) -> tuple[np.ndarray, np.ndarray]:
     Returns (BGR uint8 image, bool mask of pixels inside the aperture that show retina).
     """
     height, width = source.aperture.shape
-    if field is None:
-        image = imaging.resample(source.image, view, (width, height))
-        inside = imaging.resample(source.inside, view, (width, height))
-    else:
+    if field is not None:
         grid = np.indices((height, width), dtype=np.float32)[::-1].transpose(1, 2, 0)
-        source_xy = cv2.transform(grid + field, view)  # (H, W, 2): q -> T (q + d(q))
-        image = cv2.remap(source.image, source_xy, None, cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT)
-        inside = cv2.remap(source.inside, source_xy, None, cv2.INTER_NEAREST,
-                           borderMode=cv2.BORDER_CONSTANT)
+        return _sample_source(source, cv2.transform(grid + field, view))  # q -> T (q + d(q))
+    image = imaging.resample(source.image, view, (width, height))
+    inside = imaging.resample(source.inside, view, (width, height))
     valid = (inside > 0) & source.aperture
     return image * valid[..., None], valid
 

@@ -79,9 +79,12 @@ def check_image_file(path) -> tuple[int, int]:
             head = handle.read(8)
             handle.seek(max(0, path.stat().st_size - 4096))  # room for trailers after the end
             tail = handle.read()
-        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow's own bomb check, at our limit
-        with Image.open(path) as image:
-            size = image.size
+        pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # ours is below
+        try:
+            with Image.open(path) as image:
+                size = image.size
+        finally:
+            Image.MAX_IMAGE_PIXELS = pillow_limit
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
     except PermissionError:

@@ -372,14 +372,16 @@ def masked_ncc_loss(fixed, warped, eps: float = 1e-6):
     return ops.mean(1.0 - ncc)
 
 
-def affine_from_matches(logits, min_inliers: int = 6, threshold_cells: float = 0.75):
+def affine_from_matches(logits, min_inliers: int = 6, threshold_cells: float = 0.75,
+                        ransac_iterations: int = 2000, ransac_confidence: float = 0.995):
     """Robust affine (normalised, fixed -> moving) from one sample's match logits, or None.
 
     ``logits`` (g*g, g*g) of :class:`MatchLogits`. Mutual nearest neighbours between fixed and
     moving cells, each refined to sub-cell precision by a soft-argmax over the 3 x 3 moving
     cells around its match, then ``cv2.estimateAffine2D`` with RANSAC at ``threshold_cells``
-    cells. None when fewer than ``min_inliers`` matches agree. A second estimate beside the
-    regression heads: the Registrar keeps whichever aligns the vessels better.
+    cells (``ransac_iterations``, ``ransac_confidence``: OpenCV's). None when fewer than
+    ``min_inliers`` matches agree. A second estimate beside the regression heads: the
+    Registrar keeps whichever aligns the vessels better.
     """
     import cv2
 
@@ -402,7 +404,8 @@ def affine_from_matches(logits, min_inliers: int = 6, threshold_cells: float = 0
     landed = np.einsum("nk,nkd->nd", weights, centres[near])
     matrix, inliers = cv2.estimateAffine2D(
         centres[fixed_cells], landed, method=cv2.RANSAC,
-        ransacReprojThreshold=threshold_cells * 2.0 / grid, maxIters=2000, confidence=0.995)
+        ransacReprojThreshold=threshold_cells * 2.0 / grid, maxIters=ransac_iterations,
+        confidence=ransac_confidence)
     if matrix is None or inliers is None or int(inliers.sum()) < min_inliers:
         return None
     return matrix

@@ -33,6 +33,11 @@ from fire_reg import geometry, imaging, transforms, trust
 from fire_reg import refine as refine_module
 from fire_reg.result import Registration, register_files
 
+POLISH_MIN_RATIO = 1.5
+"""The ECC polish at ``refine_width`` runs only when it is this many times the working width
+(a finer map adds too little below that)."""
+
+
 class Registrar:
     """Registers pairs of fundus photographs with the learned network, ECC and the fine stage.
 
@@ -41,16 +46,21 @@ class Registrar:
     vessel maps are made with the model's own preprocessing settings (working width, CLAHE,
     top-hat), so a model trained at another width is applied as it was trained.
     ``iterations``: network passes (>= 1); ``refine``: "ecc" or "none" (affine ECC after the
-    network); ``transform``: the richest model the fine stage may fit ("quadratic",
-    "homography", "affine") or "none" (network + ECC affine only); ``refine_width``: optional
-    finer ECC polish width (px). ValueError for settings out of range; InputError for a
-    missing or foreign model file.
+    network, with ``ecc`` options); ``transform``: the richest model the fine stage may fit
+    ("quadratic", "homography", "affine") or "none" (network + ECC affine only);
+    ``refine_width``: optional finer ECC polish width (px, with ``polish`` options; used
+    when both images are at least :data:`POLISH_MIN_RATIO` x the working width);
+    ``fine`` / ``trust_options``: the fine stage's and the verdict's thresholds.
+    ValueError for settings out of range; InputError for a missing or foreign model file.
     """
 
     name = "fire-reg"
 
     def __init__(self, model=None, iterations: int = 2, refine: str | None = "ecc",
                  refine_width: int | None = None, transform: str = "quadratic",
+                 ecc: refine_module.EccOptions = refine_module.EccOptions(levels=3),
+                 polish: refine_module.EccOptions = refine_module.EccOptions(
+                     levels=1, iterations=20, epsilon=1e-4),
                  fine: refine_module.FineOptions | None = None,
                  trust_options: trust.TrustOptions | None = None):
         refine = "none" if refine is None else refine
@@ -76,6 +86,7 @@ class Registrar:
         self.refine = refine
         self.refine_width = None if refine_width is None else int(refine_width)
         self.transform = transform
+        self.ecc, self.polish = ecc, polish
         self.fine = fine or refine_module.FineOptions()
         self.trust_options = trust_options or trust.TrustOptions()
         blank = np.zeros((self.size, self.size), np.float32)
@@ -117,13 +128,12 @@ class Registrar:
         """ECC on the working maps, then optionally on finer maps; each step kept only when it
         raises that width's similarity. Returns (estimate, similarity, reason) in working px."""
         reason = "network"
-        steps = [(maps, refine_module.EccOptions(levels=3))]
+        steps = [(maps, self.ecc)]
         fine_width = min(self.refine_width or 0, fixed.shape[1], moving.shape[1])
-        if fine_width >= 1.5 * self.work_width:
+        if fine_width >= POLISH_MIN_RATIO * self.work_width:
             finer = dataclasses.replace(self.preprocessing, work_width=fine_width)
             steps.append((refine_module.VesselMaps.of(fixed, moving, finer, fixed_mask,
-                                                      moving_mask),
-                          refine_module.EccOptions(levels=1, iterations=20, epsilon=1e-4)))
+                                                      moving_mask), self.polish))
         full = maps.to_full(estimate)
         for step_maps, options in steps:
             current = step_maps.to_maps(full)

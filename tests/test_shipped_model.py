@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fire_reg import geometry
+from fire_reg import geometry, metrics
 from fire_reg.bundle import ModelSettings, default_model_path, load_model
 from fire_reg.fire import FireDataset
 from fire_reg.imaging import VesselMapSettings
@@ -38,7 +38,8 @@ def test_shipped_model_says_how_it_was_trained():
 
 def test_network_alone_beats_the_identity_on_an_unseen_retina(small_fire, registrar):
     """Without ECC, on the embedded set (a retina never used in training)."""
-    network_only = Registrar(registrar.model, refine=None)
+    network_only = Registrar((registrar.model, registrar.settings), refine=None,
+                             transform="none")
     dataset = FireDataset(small_fire)
     for pair in dataset:
         truth, _ = pair.ground_truth()
@@ -46,7 +47,7 @@ def test_network_alone_beats_the_identity_on_an_unseen_retina(small_fire, regist
         result = network_only.register(pair.image("fixed"), pair.image("moving"))
         error = geometry.mean_point_distance(result.matrix, truth, grid)
         before = geometry.mean_point_distance(geometry.identity(), truth, grid)
-        assert error < 0.5 * before, (pair.id, error, before)
+        assert error < max(0.5 * before, 2.0), (pair.id, error, before)  # ~1 input px floor
 
 
 def test_with_refinement_it_is_accurate(small_fire, registrar):
@@ -55,7 +56,7 @@ def test_with_refinement_it_is_accurate(small_fire, registrar):
     for pair in dataset:
         fixed_pts, moving_pts = pair.control_points()
         result = registrar.register(pair.image("fixed"), pair.image("moving"))
-        errors.append(np.linalg.norm(geometry.apply(result.inverse, moving_pts) - fixed_pts,
-                                     axis=1).mean() * 2912 / dataset.width)
-        assert result.status == "ok"
-    assert np.median(errors) < 10, errors
+        errors.append(metrics.fire_error(result.transform, fixed_pts, moving_pts,
+                                         2912 / dataset.width))
+        assert result.status == "ok", result.reason
+    assert np.median(errors) < 2, errors
