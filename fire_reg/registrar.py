@@ -33,6 +33,11 @@ from fire_reg import geometry, imaging, transforms, trust
 from fire_reg import refine as refine_module
 from fire_reg.result import Registration, register_files
 
+ECC_FINAL = refine_module.EccOptions(levels=3, iterations=100, epsilon=1e-5)
+"""ECC when its affine is the answer (``transform="none"``): three pyramid levels, converged."""
+ECC_BEFORE_FINE = refine_module.EccOptions(levels=2, iterations=20, epsilon=1e-3)
+"""ECC when the fine stage follows: it only has to bring the estimate into the fine stage's
+search radius (same accuracy on the benchmark sets, half the time)."""
 POLISH_MIN_RATIO = 1.5
 """The ECC polish at ``refine_width`` runs only when it is this many times the working width
 (a finer map adds too little below that)."""
@@ -46,7 +51,8 @@ class Registrar:
     vessel maps are made with the model's own preprocessing settings (working width, CLAHE,
     top-hat), so a model trained at another width is applied as it was trained.
     ``iterations``: network passes (>= 1); ``refine``: "ecc" or "none" (affine ECC after the
-    network, with ``ecc`` options); ``transform``: the richest model the fine stage may fit
+    network, with ``ecc`` options; default :data:`ECC_BEFORE_FINE`, or :data:`ECC_FINAL`
+    with ``transform="none"``); ``transform``: the richest model the fine stage may fit
     ("quadratic", "homography", "affine") or "none" (network + ECC affine only);
     ``refine_width``: optional finer ECC polish width (px, with ``polish`` options; used
     when both images are at least :data:`POLISH_MIN_RATIO` x the working width);
@@ -58,7 +64,7 @@ class Registrar:
 
     def __init__(self, model=None, iterations: int = 2, refine: str | None = "ecc",
                  refine_width: int | None = None, transform: str = "quadratic",
-                 ecc: refine_module.EccOptions = refine_module.EccOptions(levels=3),
+                 ecc: refine_module.EccOptions | None = None,
                  polish: refine_module.EccOptions = refine_module.EccOptions(
                      levels=1, iterations=20, epsilon=1e-4),
                  fine: refine_module.FineOptions | None = None,
@@ -86,7 +92,8 @@ class Registrar:
         self.refine = refine
         self.refine_width = None if refine_width is None else int(refine_width)
         self.transform = transform
-        self.ecc, self.polish = ecc, polish
+        self.ecc = ecc or (ECC_FINAL if transform == "none" else ECC_BEFORE_FINE)
+        self.polish = polish
         self.fine = fine or refine_module.FineOptions()
         self.trust_options = trust_options or trust.TrustOptions()
         blank = np.zeros((self.size, self.size), np.float32)

@@ -39,7 +39,8 @@ class TrustOptions:
     estimated error still "ok"; ``scale_range``: plausible sqrt(|det|) of the best affine
     between working maps (both images at the same width); ``max_anisotropy``: largest ratio
     of the two axis scales; ``max_shear``; ``min_overlap``: share of the fixed field of view
-    below which a result fails.
+    below which a result fails; ``fine``: the tile matching of the evidence (tiles every 24
+    px: fewer than the fine stage's, enough for a verdict).
     """
 
     radius: int = 8
@@ -51,7 +52,7 @@ class TrustOptions:
     max_anisotropy: float = 1.25
     max_shear: float = 0.15
     min_overlap: float = 0.05
-    fine: refine.FineOptions = field(default_factory=refine.FineOptions)
+    fine: refine.FineOptions = field(default_factory=lambda: refine.FineOptions(step=24))
 
 
 @dataclass
