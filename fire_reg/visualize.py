@@ -222,7 +222,8 @@ def save_trust_scatter(path, rows_by_method: dict) -> None:
         ax.axvline(metrics.FAILURE_PX, color="red", linestyle="--", linewidth=1)
         ax.axhline(metrics.FAILURE_PX, color="red", linestyle="--", linewidth=1)
         ax.set(xscale="log", yscale="log", xlim=(0.05, 2000), ylim=(0.05, 2000),
-               xlabel="true error (px)", ylabel="estimated error (px)", title=name)
+               xlabel="true error (FIRE-equivalent px)", ylabel="estimated error (FIRE-eq. px)",
+               title=name)
         ax.legend(fontsize=7, loc="upper left")
         ax.grid(alpha=0.3)
     figure.tight_layout()
