@@ -5,6 +5,8 @@ TensorFlow): ``Registrar``, ``Registration``, ``register_files`` and ``write_fil
 path from image files to a result and its files), ``baseline(name)`` (a classic method:
 sift, sift-homography, orb, ecc, identity), ``fit_transform(model, fixed_pts, moving_pts)``
 and ``transform_from_dict`` (affine / homography / quadratic), ``trust_summary``,
+``fire_error`` (the FIRE metric of one pair), ``set_statistics`` / ``fire_statistics`` (a
+FIRE-layout set's geometry beside the real FIRE's), ``export_model``,
 ``FireDataset``, ``DatasetCreator``,
 ``PrepareConfig``, ``MotionRange``, ``Trainer``, ``TrainConfig``, ``AugmentConfig``,
 ``NetworkConfig``, ``VesselMapSettings``, ``Tester``, ``build_model``, ``load_model`` (a
@@ -26,6 +28,8 @@ _EXPORTS = {
     "register_files": "fire_reg.result", "write_files": "fire_reg.result",
     "baseline": "fire_reg.baselines", "fit_transform": "fire_reg.transforms",
     "transform_from_dict": "fire_reg.transforms", "trust_summary": "fire_reg.metrics",
+    "fire_error": "fire_reg.metrics", "fire_statistics": "fire_reg.embedded",
+    "set_statistics": "fire_reg.embedded", "export_model": "fire_reg.trainer",
     "FireDataset": "fire_reg.fire", "DatasetCreator": "fire_reg.dataset_creator",
     "PrepareConfig": "fire_reg.dataset_creator", "MotionRange": "fire_reg.dataset_creator",
     "Trainer": "fire_reg.trainer", "TrainConfig": "fire_reg.trainer",
