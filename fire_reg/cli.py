@@ -402,7 +402,9 @@ def console_main() -> int:
     Native libraries (TensorFlow's C++ runtime, libjpeg) write start-up notices straight to
     file descriptor 2, so that no error would ever be one line: unless ``--debug`` is given,
     descriptor 2 goes to /dev/null and Python's ``sys.stderr`` (our messages, progress bars,
-    warnings) to the real standard error.
+    warnings) to the real standard error. The process ends with ``os._exit`` once the command
+    has returned (its files are complete), skipping the interpreter's teardown of
+    TensorFlow/JAX (0.4-0.7 s).
     """
     if "--debug" not in sys.argv:
         real = os.dup(2)
@@ -410,7 +412,10 @@ def console_main() -> int:
         os.dup2(quiet, 2)
         os.close(quiet)
         sys.stderr = os.fdopen(real, "w", buffering=1)
-    return main()
+    status = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # every file is written and renamed by now: skip the slow teardown
 
 
 if __name__ == "__main__":

@@ -5,20 +5,20 @@ Images are OpenCV arrays (BGR uint8, or gray). Transforms (:mod:`fire_reg.transf
 into the fixed frame, and control points move the other way (a moving point q lies at
 ``moving_to_fixed(q)``, ``M^-1 q`` for a matrix, in the fixed frame). Comparison images
 (checkerboard, blends, differences) take two images of the same size: the fixed one and the
-warped moving one. Figures are drawn with matplotlib's Agg canvas (``matplotlib.figure.Figure``,
-no pyplot state, no display needed) and every writer saves atomically through
-:func:`fire_reg.errors.atomic_path` (the temporary name keeps the ``.png`` suffix).
+warped moving one. The overlay panel is drawn with OpenCV (fast: it is written for every
+registration); the plots with matplotlib's Agg canvas (``matplotlib.figure.Figure``, no pyplot
+state, no display needed, imported only when a plot is drawn). Every writer saves atomically
+through :func:`fire_reg.errors.atomic_path` (the temporary name keeps the ``.png`` suffix).
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
-from matplotlib.figure import Figure
 
 from fire_reg import geometry, imaging, metrics, transforms
 from fire_reg.errors import atomic_path
 
-DISPLAY_PX = 512  # longest side of the images drawn in a panel figure
+DISPLAY_PX = 384  # longest side (px) of the images drawn in a panel figure
 
 
 def _bgr(image: np.ndarray) -> np.ndarray:
@@ -76,26 +76,56 @@ def abs_difference(fixed: np.ndarray, warped: np.ndarray) -> np.ndarray:
                        np.ascontiguousarray(imaging.green(warped)))
 
 
-def _save(figure: Figure, path) -> None:
+def _figure(**kwargs):
+    """A matplotlib Figure on the Agg canvas (imported here: the overlay path needs none)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def _save(figure, path) -> None:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=100)
 
 
-def _rgb(image: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
+TITLE_PX = 26  # height of the caption bar above each panel of the overlay
+
+
+def _panel(image: np.ndarray, caption: str, size) -> np.ndarray:
+    """A BGR panel of ``size`` (W, H) with a caption bar above it."""
+    width, height = size
+    canvas = np.full((height + TITLE_PX, width, 3), 255, np.uint8)
+    canvas[TITLE_PX:] = _bgr(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+    cv2.putText(canvas, caption, (6, TITLE_PX - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
+                cv2.LINE_AA)
+    return canvas
+
+
+def _points_image(fixed_small, fixed_pts, moved_pts, to_display) -> np.ndarray:
+    """The fixed image with an arrow (yellow, true scale) from each fixed point (cyan +) to
+    the moving point mapped into the fixed frame (magenta x)."""
+    canvas = _bgr(fixed_small).copy()
+    start = (np.asarray(fixed_pts, dtype=np.float64).reshape(-1, 2) + 0.5) * to_display - 0.5
+    end = (np.asarray(moved_pts, dtype=np.float64).reshape(-1, 2) + 0.5) * to_display - 0.5
+    for (x0, y0), (x1, y1) in zip(start, end):
+        p0, p1 = (int(round(x0)), int(round(y0))), (int(round(x1)), int(round(y1)))
+        cv2.arrowedLine(canvas, p0, p1, (0, 255, 255), 1, cv2.LINE_AA, tipLength=0.2)
+        cv2.drawMarker(canvas, p0, (255, 255, 0), cv2.MARKER_CROSS, 9, 1)
+        cv2.drawMarker(canvas, p1, (255, 0, 255), cv2.MARKER_TILTED_CROSS, 7, 1)
+    return canvas
 
 
 def save_overlay_panel(path, fixed: np.ndarray, moving: np.ndarray, transform,
                        fixed_pts=None, moving_pts=None, title: str = "") -> None:
-    """One PNG: before / after magenta-green, checkerboard, |difference| and, with control
-    points, their errors before (identity) and after (the transform's ``moving_to_fixed`` on
-    the moving points). ``transform``: a :class:`fire_reg.transforms.Transform` or a 2x3
-    matrix, fixed px -> moving px.
+    """One PNG (drawn with OpenCV): before / after magenta-green, checkerboard, |difference|
+    and, with control points, their errors before (identity) and after (the transform's
+    ``moving_to_fixed`` on the moving points). ``transform``: a
+    :class:`fire_reg.transforms.Transform` or a 2x3 matrix, fixed px -> moving px.
 
     Images are shown at most :data:`DISPLAY_PX` px on their longest side (the moving image is
-    resampled straight to that grid); point errors in the titles are mean distances in px of
-    the full-resolution fixed image. Arrows (true scale) run from each fixed point (+) to
-    its moving point mapped into the fixed frame (x).
+    resampled straight to that grid); point errors in the captions are mean distances in px
+    of the full-resolution fixed image. Arrows (true scale) run from each fixed point (cyan
+    +) to its moving point mapped into the fixed frame (magenta x).
     """
     height, width = fixed.shape[:2]
     scale = min(1.0, DISPLAY_PX / max(height, width))
@@ -105,38 +135,25 @@ def save_overlay_panel(path, fixed: np.ndarray, moving: np.ndarray, transform,
     transform = transforms.as_transform(transform)
     before = warp_to_fixed(moving, geometry.rescale(geometry.identity(), to_display, 1.0), shown)
     after = warp_to_fixed(moving, transform.rescaled(to_display, 1.0), shown)
-    panels = [("before (identity)", blend_magenta_green(fixed_small, before)),
-              ("after", blend_magenta_green(fixed_small, after)),
-              ("checkerboard", checkerboard(fixed_small, after)),
+    top = [("before (identity)", blend_magenta_green(fixed_small, before)),
+           ("after", blend_magenta_green(fixed_small, after))]
+    bottom = [("checkerboard", checkerboard(fixed_small, after)),
               ("|difference| after", abs_difference(fixed_small, after))]
-    with_points = fixed_pts is not None and moving_pts is not None
-    columns = 3 if with_points else 2
-    figure = Figure(figsize=(3.4 * columns, 7.0))
-    axes = figure.subplots(2, columns).ravel()
-    for ax, (name, image) in zip(axes, panels):
-        ax.imshow(_rgb(image), cmap="gray")
-        ax.set_title(name, fontsize=9)
-    if with_points:
-        for ax, name, used in ((axes[4], "points before", transforms.Affine(geometry.identity())),
-                               (axes[5], "points after", transform)):
+    if fixed_pts is not None and moving_pts is not None:
+        for row, name, used in ((top, "points before", transforms.Affine(geometry.identity())),
+                                (bottom, "points after", transform)):
             moved = used.moving_to_fixed(moving_pts)
-            fixed_xy = np.asarray(fixed_pts, dtype=np.float64).reshape(-1, 2)
-            error = metrics.fire_error(used, fixed_xy, moving_pts)
-            start = (fixed_xy + 0.5) * to_display - 0.5
-            delta = (moved - fixed_xy) * to_display
-            ax.imshow(_rgb(fixed_small))
-            ax.quiver(start[:, 0], start[:, 1], delta[:, 0], delta[:, 1], color="yellow",
-                      angles="xy", scale_units="xy", scale=1, width=0.006)
-            ax.plot(start[:, 0], start[:, 1], "c+", markersize=7, label="fixed")
-            ax.plot(start[:, 0] + delta[:, 0], start[:, 1] + delta[:, 1], "mx", markersize=6,
-                    label="moving, mapped")
-            ax.legend(fontsize=7, loc="lower right")
-            ax.set_title(f"{name}: mean error {error:.2f} px", fontsize=9)
-    for ax in axes:
-        ax.set_axis_off()
-    figure.suptitle(title)
-    figure.tight_layout()
-    _save(figure, path)
+            error = metrics.fire_error(used, fixed_pts, moving_pts)
+            row.append((f"{name}: mean error {error:.2f} px",
+                        _points_image(fixed_small, fixed_pts, moved, to_display)))
+    rows = [np.hstack([_panel(image, caption, shown) for caption, image in row])
+            for row in (top, bottom)]
+    header = np.full((TITLE_PX + 6, rows[0].shape[1], 3), 255, np.uint8)
+    cv2.putText(header, title, (6, TITLE_PX - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1,
+                cv2.LINE_AA)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), np.vstack([header, *rows])):
+            raise OSError(f"could not write {path}")
 
 
 def save_success_curves(path, errors_by_method: dict, categories: dict) -> None:
@@ -146,7 +163,7 @@ def save_success_curves(path, errors_by_method: dict, categories: dict) -> None:
     ``errors_by_method``: method -> {pair id -> error px}; ``categories``: id -> category.
     """
     groups = [c for c in metrics.CATEGORIES if c in set(categories.values())] + ["all"]
-    figure = Figure(figsize=(4 * len(groups), 3.6))
+    figure = _figure(figsize=(4 * len(groups), 3.6))
     for ax, group in zip(figure.subplots(1, len(groups), squeeze=False).ravel(), groups):
         for method, errors in errors_by_method.items():
             chosen = [e for i, e in errors.items() if group == "all" or categories.get(i) == group]
@@ -168,7 +185,7 @@ def save_error_boxplot(path, errors_by_method: dict) -> None:
     """
     names = list(errors_by_method)
     values = [[e for e in errors_by_method[n].values() if np.isfinite(e)] for n in names]
-    figure = Figure(figsize=(max(4.0, 1.2 * len(names) + 2), 4))
+    figure = _figure(figsize=(max(4.0, 1.2 * len(names) + 2), 4))
     ax = figure.subplots()
     ax.boxplot(values)
     ax.set_xticks(range(1, len(names) + 1), names)
@@ -184,7 +201,7 @@ def save_error_boxplot(path, errors_by_method: dict) -> None:
 def save_training_curves(path, history: dict) -> None:
     """Every ``*loss`` series of a Keras-style ``history`` (name -> per-epoch values, e.g.
     loss and val_loss) against the epoch (1-based), log y-axis."""
-    figure = Figure(figsize=(6, 4))
+    figure = _figure(figsize=(6, 4))
     ax = figure.subplots()
     for name, values in history.items():
         if name.endswith("loss"):
@@ -206,7 +223,7 @@ def save_trust_scatter(path, rows_by_method: dict) -> None:
     drawn at the bottom edge.
     """
     names = list(rows_by_method) or ["(no estimates)"]
-    figure = Figure(figsize=(4.2 * len(names), 4))
+    figure = _figure(figsize=(4.2 * len(names), 4))
     colours = {"ok": "tab:green", "suspect": "tab:orange", "failed": "tab:red"}
     for ax, name in zip(figure.subplots(1, len(names), squeeze=False).ravel(), names):
         rows = rows_by_method.get(name, [])
