@@ -19,7 +19,10 @@ goes **fixed px -> moving px** (conventions of :mod:`fire_reg.geometry` and
 """
 from __future__ import annotations
 
+import functools
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
@@ -28,6 +31,13 @@ import numpy as np
 from fire_reg import geometry, imaging, transforms
 
 MIN_ECC_CORRELATION = 0.2  # below it ECC "converged" on unrelated content
+_WORKERS = min(4, os.cpu_count() or 1)
+"""Threads for the per-tile OpenCV calls and the two vessel maps (OpenCV releases the GIL)."""
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(_WORKERS, thread_name_prefix="fire-reg")
 
 
 @dataclass
@@ -48,10 +58,9 @@ class VesselMaps:
            moving_mask=None) -> "VesselMaps":
         """Vessel maps of two BGR (or gray) images made with ``settings`` (its
         ``work_width`` px wide)."""
-        fixed_map, fixed_fov, fixed_scale = imaging.vessel_map(fixed, fixed_mask,
-                                                               settings=settings)
-        moving_map, moving_fov, moving_scale = imaging.vessel_map(moving, moving_mask,
-                                                                  settings=settings)
+        (fixed_map, fixed_fov, fixed_scale), (moving_map, moving_fov, moving_scale) = _pool().map(
+            lambda image_mask: imaging.vessel_map(*image_mask, settings=settings),
+            [(fixed, fixed_mask), (moving, moving_mask)])
         return cls(fixed_map, fixed_fov, moving_map, moving_fov, fixed_scale, moving_scale,
                    settings.work_width)
 
@@ -286,25 +295,33 @@ def match_tiles(maps: VesselMaps, transform: transforms.Transform, radius: int,
 
     usable = (tile_sum(common) == tile * tile) & (tile_sum(content) >= options.min_content
                                                   * tile * tile)
-    fixed_pts, moving_pts, scores = [], [], []
-    for y0, x0 in zip(ys[usable], xs[usable]):
-        template = maps.fixed[y0:y0 + tile, x0:x0 + tile]
+    corners = np.stack([ys[usable], xs[usable]], axis=1)
+    chunks = np.array_split(corners, max(1, min(len(corners) // 64, _WORKERS)))
+    found = list(_pool().map(lambda chunk: _match_chunk(maps.fixed, warped, chunk, tile, radius,
+                                                        options.min_score), chunks))
+    centres, offsets, scores = (np.concatenate(parts) for parts in zip(*found))
+    if not len(centres):
+        return Matches(centres, offsets, scores)
+    return Matches(centres, transform.fixed_to_moving(centres + offsets), scores)
+
+
+def _match_chunk(fixed, warped, corners, tile: int, radius: int, min_score: float):
+    """Tile matches for the top-left ``corners`` (K, 2) (y, x) of fixed-map tiles: (tile
+    centres (M, 2), offsets (M, 2) of their match in ``warped``, scores (M,)), map px."""
+    centres, offsets, scores = [], [], []
+    for y0, x0 in corners:
+        template = fixed[y0:y0 + tile, x0:x0 + tile]
         window = warped[y0 - radius:y0 + tile + radius, x0 - radius:x0 + tile + radius]
         surface = cv2.matchTemplate(window, template, cv2.TM_CCOEFF_NORMED)
         _, best, _, (col, row) = cv2.minMaxLoc(surface)
-        if best < options.min_score or not (0 < row < 2 * radius and 0 < col < 2 * radius):
+        if best < min_score or not (0 < row < 2 * radius and 0 < col < 2 * radius):
             continue
         dx, dy = _subpixel(surface, row, col)
-        centre = (x0 + (tile - 1) / 2.0, y0 + (tile - 1) / 2.0)
-        fixed_pts.append(centre)
-        moving_pts.append((centre[0] + col - radius + dx, centre[1] + row - radius + dy))
+        centres.append((x0 + (tile - 1) / 2.0, y0 + (tile - 1) / 2.0))
+        offsets.append((col - radius + dx, row - radius + dy))
         scores.append(best)
-    if not fixed_pts:
-        empty = np.zeros((0, 2))
-        return Matches(empty, empty, np.zeros(0))
-    fixed_pts = np.asarray(fixed_pts, np.float64)
-    return Matches(fixed_pts, transform.fixed_to_moving(np.asarray(moving_pts, np.float64)),
-                   np.asarray(scores, np.float64))
+    return (np.asarray(centres, np.float64).reshape(-1, 2),
+            np.asarray(offsets, np.float64).reshape(-1, 2), np.asarray(scores, np.float64))
 
 
 def _residuals(transform: transforms.Transform, matches: Matches) -> np.ndarray:
