@@ -18,6 +18,17 @@ def small_fire(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def shard_dir(small_fire, tmp_path_factory):
+    """Training shards of ``small_fire``: 32 px patches, 8 per pair, in shards of 16."""
+    from fire_reg.dataset_creator import DatasetCreator, PrepareConfig
+
+    out = tmp_path_factory.mktemp("train_shards")
+    DatasetCreator(small_fire, out, PrepareConfig(patch_size=32, per_pair=8, shard_size=16)).run(
+        progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
     """An untrained (identity) fire-reg model at 32 px, saved as .keras."""
     from fire_reg import network

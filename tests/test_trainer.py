@@ -20,14 +20,6 @@ from fire_reg.trainer import (AugmentConfig, TrainConfig, Trainer, augment_batch
 TINY_NETWORK = {"encoder_channels": [4, 8, 8, 8, 8], "trunk_units": 16}
 
 
-@pytest.fixture(scope="module")
-def shard_dir(small_fire, tmp_path_factory):
-    out = tmp_path_factory.mktemp("train_shards")
-    DatasetCreator(small_fire, out, PrepareConfig(patch_size=32, per_pair=8, shard_size=16)).run(
-        progress=False)
-    return out
-
-
 def dot_image(size, point):
     image = np.zeros((size, size, 1), np.float32)
     cv2.circle(image, tuple(int(round(v)) for v in point), 2, 1.0, -1)
