@@ -80,14 +80,18 @@ class VesselMaps:
         """A transform between these maps expressed in original pixels."""
         return transform.rescaled(1 / np.asarray(self.fixed_scale), 1 / np.asarray(self.moving_scale))
 
+    @functools.cached_property
+    def _moving_with_fov(self) -> np.ndarray:
+        """The moving map and its field of view as one 2-channel float32 image (one warp)."""
+        return np.dstack([self.moving, self.moving_fov.astype(np.float32)])
+
     def warped(self, transform: transforms.Transform) -> tuple[np.ndarray, np.ndarray]:
         """(moving map in the fixed frame, its field of view there) through ``transform``
         (map px); the last few results are cached by transform object."""
         cache = self.__dict__.setdefault("_warp_cache", {})
         key = id(transform)
         if key not in cache or cache[key][0] is not transform:
-            both = np.dstack([self.moving, self.moving_fov.astype(np.float32)])
-            warped = transform.warp(both, self.fixed_size)
+            warped = transform.warp(self._moving_with_fov, self.fixed_size)
             if len(cache) >= 4:
                 cache.pop(next(iter(cache)))
             cache[key] = (transform, (warped[..., 0], warped[..., 1] > 0.5))
@@ -100,8 +104,8 @@ class VesselMaps:
         common = self.fixed_fov & warped_fov
         if common.sum() < max(64, 0.05 * self.fixed_fov.sum()):
             return -1.0
-        a = self.fixed[common] - self.fixed[common].mean()
-        b = warped[common] - warped[common].mean()
+        a, b = self.fixed[common], warped[common]
+        a, b = a - a.mean(), b - b.mean()
         return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
 
     def overlap(self, transform: transforms.Transform) -> float:

@@ -236,12 +236,13 @@ class Quadratic(Transform):
         return estimate
 
     def dense_map(self, fixed_size) -> tuple[np.ndarray, np.ndarray]:
-        """Like :meth:`Transform.dense_map`, by broadcasting rows and columns (fast)."""
+        """Like :meth:`Transform.dense_map`, by broadcasting rows and columns in float32 (fast;
+        off by under 1e-3 px at 2912 px, far below ``cv2.remap``'s 1/32 px interpolation step)."""
         width, height = (int(v) for v in fixed_size)
-        x = np.arange(width, dtype=np.float64)[None, :]
-        y = np.arange(height, dtype=np.float64)[:, None]
-        maps = [((c0 + c2 * y + c5 * y * y) + (c1 + c3 * x + c4 * y) * x).astype(np.float32)
-                for c0, c1, c2, c3, c4, c5 in self.forward]
+        x = np.arange(width, dtype=np.float32)[None, :]
+        y = np.arange(height, dtype=np.float32)[:, None]
+        maps = [(c0 + c2 * y + c5 * y * y) + (c1 + c3 * x + c4 * y) * x
+                for c0, c1, c2, c3, c4, c5 in self.forward.astype(np.float32)]
         return maps[0], maps[1]
 
     def coefficient_inverse_error(self, points) -> float:
