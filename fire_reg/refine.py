@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -33,6 +34,9 @@ from fire_reg import geometry, imaging, transforms
 MIN_ECC_CORRELATION = 0.2  # below it ECC "converged" on unrelated content
 _WORKERS = min(4, os.cpu_count() or 1)
 """Threads for the per-tile OpenCV calls and the two vessel maps (OpenCV releases the GIL)."""
+
+
+_CACHE_LOCK = threading.Lock()  # guards VesselMaps' warp caches across the pool's threads
 
 
 @functools.cache
@@ -88,14 +92,18 @@ class VesselMaps:
     def warped(self, transform: transforms.Transform) -> tuple[np.ndarray, np.ndarray]:
         """(moving map in the fixed frame, its field of view there) through ``transform``
         (map px); the last few results are cached by transform object."""
-        cache = self.__dict__.setdefault("_warp_cache", {})
-        key = id(transform)
-        if key not in cache or cache[key][0] is not transform:
-            warped = transform.warp(self._moving_with_fov, self.fixed_size)
+        with _CACHE_LOCK:
+            cache = self.__dict__.setdefault("_warp_cache", {})
+            hit = cache.get(id(transform))
+        if hit is not None and hit[0] is transform:
+            return hit[1]
+        warped = transform.warp(self._moving_with_fov, self.fixed_size)
+        result = (warped[..., 0], warped[..., 1] > 0.5)
+        with _CACHE_LOCK:
             if len(cache) >= 4:
                 cache.pop(next(iter(cache)))
-            cache[key] = (transform, (warped[..., 0], warped[..., 1] > 0.5))
-        return cache[key][1]
+            cache[id(transform)] = (transform, result)
+        return result
 
     def similarity(self, transform: transforms.Transform) -> float:
         """NCC of the fixed map and the warped moving map inside their common field of view;
@@ -107,6 +115,10 @@ class VesselMaps:
         a, b = self.fixed[common], warped[common]
         a, b = a - a.mean(), b - b.mean()
         return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
+
+    def similarities(self, candidates: list[transforms.Transform]) -> list[float]:
+        """:meth:`similarity` of each transform, computed side by side on the thread pool."""
+        return list(_pool().map(self.similarity, candidates))
 
     def overlap(self, transform: transforms.Transform) -> float:
         """Share of the fixed field of view that the moving field of view covers."""

@@ -189,7 +189,7 @@ class Registrar:
                                          geometry.pixel_from_normalized(c, (size,) * 2, (size,) * 2),
                                          fixed_box)
                         for c in candidates if c is not None]
-            similarities = [maps.similarity(transforms.Affine(m)) for m in composed]
+            similarities = maps.similarities([transforms.Affine(m) for m in composed])
             best = int(np.argmax(similarities))  # the heads' answer on a tie
             estimate, similarity = composed[best], similarities[best]
         return transforms.Affine(estimate), similarity

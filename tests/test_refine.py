@@ -101,3 +101,15 @@ def test_plausible_quadratic_rejects_fold_over():
     assert "folds over" in refine.plausible_quadratic(folding, domain, 512, 0.05)
     gentle = transforms.Quadratic.from_forward(BENT, domain)
     assert refine.plausible_quadratic(gentle, domain, 512, 0.05) is None
+
+
+def test_similarities_side_by_side_equal_one_by_one(retina):
+    """The pool's parallel warps give the same scores as serial calls, across cache evictions."""
+    fixed, moving, truth = curved_pair(retina, BENT)
+    maps = refine.VesselMaps.of(fixed, moving, SETTINGS)
+    candidates = [transforms.Affine([[1, 0, dx], [0, 1, -dx / 2]])
+                  for dx in np.linspace(-12, 12, 9)] + [truth]
+    side_by_side = maps.similarities(candidates)
+    fresh = refine.VesselMaps.of(fixed, moving, SETTINGS)
+    assert side_by_side == [fresh.similarity(c) for c in candidates]
+    assert np.argmax(side_by_side) == len(candidates) - 1  # the true map aligns best
