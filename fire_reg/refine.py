@@ -44,6 +44,10 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(_WORKERS, thread_name_prefix="fire-reg")
 
 
+# a forked child (multiprocessing on Linux) has none of the parent's threads: give it its own pool
+os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
 @dataclass
 class VesselMaps:
     """Vessel maps (float32 in [0, 1]) and fields of view (bool) of a pair at one working

@@ -113,3 +113,23 @@ def test_similarities_side_by_side_equal_one_by_one(retina):
     fresh = refine.VesselMaps.of(fixed, moving, SETTINGS)
     assert side_by_side == [fresh.similarity(c) for c in candidates]
     assert np.argmax(side_by_side) == len(candidates) - 1  # the true map aligns best
+
+
+def _similarity_in_child(maps, transform, queue):
+    queue.put(maps.similarity(transform) == maps.similarities([transform])[0])
+
+
+def test_thread_pool_works_in_a_forked_child(retina):
+    """A process forked after the pool started (multiprocessing on Linux) gets its own pool."""
+    import multiprocessing
+
+    fixed, moving, truth = curved_pair(retina, BENT)
+    maps = refine.VesselMaps.of(fixed, moving, SETTINGS)  # the parent's pool is running
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_similarity_in_child, args=(maps, truth, queue))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0 and queue.get(timeout=1) is True
