@@ -34,8 +34,6 @@ from fire_reg import geometry, imaging, transforms
 MIN_ECC_CORRELATION = 0.2  # below it ECC "converged" on unrelated content
 _WORKERS = min(4, os.cpu_count() or 1)
 """Threads for the per-tile OpenCV calls and the two vessel maps (OpenCV releases the GIL)."""
-
-
 _CACHE_LOCK = threading.Lock()  # guards VesselMaps' warp caches across the pool's threads
 
 
@@ -320,8 +318,6 @@ def match_tiles(maps: VesselMaps, transform: transforms.Transform, radius: int,
     found = list(_pool().map(lambda chunk: _match_chunk(maps.fixed, warped, chunk, tile, radius,
                                                         options.min_score), chunks))
     centres, offsets, scores = (np.concatenate(parts) for parts in zip(*found))
-    if not len(centres):
-        return Matches(centres, offsets, scores)
     return Matches(centres, transform.fixed_to_moving(centres + offsets), scores)
 
 
