@@ -3,8 +3,8 @@
 retinalysis-registration (PyPI, AGPL-3.0, import name ``rtnls_registration``) is **not** a
 dependency of fire-reg: it is the optional ``bench`` extra (``pip install -e ".[bench]"``), and
 nothing under ``fire_reg/`` imports it. This module wraps it in the method interface of
-:mod:`fire_reg.result` (``name``, ``decode_width``, ``register``) so that
-:class:`fire_reg.tester.Tester` scores it with the FIRE protocol exactly like the learned
+:mod:`fire_reg.register.result` (``name``, ``decode_width``, ``register``) so that
+:class:`fire_reg.evaluate.tester.Tester` scores it with the FIRE protocol exactly like the learned
 Registrar and the classic baselines.
 
 What the package does (``rtnls_registration.registration.Registration``): crops each image to
@@ -25,7 +25,7 @@ Conventions of this adapter
   from ``apply_inverse`` (exact for the projective parts, first order for the quadratic
   residual) and solves ``apply(x) = p`` by Newton's method, so the two directions are
   inverse to each other (to ~1e-6 px) as fire-reg's own quadratic is.
-* Resolution: ``decode_width`` makes :func:`fire_reg.result.register_files` decode at full
+* Resolution: ``decode_width`` makes :func:`fire_reg.register.result.register_files` decode at full
   size (the package does its own 512 px working copy); :meth:`RetinalysisTransform.composed`
   keeps the map exact in any other pixel grid.
 * Serialised model ``"retinalysis"``: the map is the package's composite (projective o
@@ -33,14 +33,14 @@ Conventions of this adapter
   its ``fixed_to_moving`` / ``moving_to_fixed`` arrays are the least-squares quadratics
   (2x6, fire-reg's ``quadratic`` layout) of the map over a 20 x 20 grid of the fixed image
   (with their largest departure there), and ``external`` holds the package's own
-  ``to_dict()`` with the pixel maps around it. :func:`fire_reg.transforms.transform_from_dict`
+  ``to_dict()`` with the pixel maps around it. :func:`fire_reg.geometry.transforms.transform_from_dict`
   does not read it back (unknown model), on purpose.
 * Failures: the package returns the identity when it finds no plausible base transform; that,
   its ValueErrors (including numpy's LinAlgError), OpenCV errors, a non-finite map, fewer
-  refined matches than :data:`fire_reg.baselines.MIN_INLIERS` (the package then keeps its
+  refined matches than :data:`fire_reg.evaluate.baselines.MIN_INLIERS` (the package then keeps its
   RANSAC similarity; a mirrored retina ends there) or a scale ``sqrt(|det|)`` of the best
-  affine outside :data:`fire_reg.baselines.SCALE_RANGE` give status ``"failed"`` with the
-  identity and the reason, as :class:`fire_reg.baselines.Baseline` does; otherwise ``"ok"``
+  affine outside :data:`fire_reg.evaluate.baselines.SCALE_RANGE` give status ``"failed"`` with the
+  identity and the reason, as :class:`fire_reg.evaluate.baselines.Baseline` does; otherwise ``"ok"``
   (the package estimates no error). ``seconds``: wall clock of the
   call (``time.perf_counter``), colour conversion included.
 * Masks: the package finds the aperture itself (``rtnls_fundusprep``); the ``fixed_mask`` /
@@ -56,9 +56,10 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from fire_reg import geometry, transforms
-from fire_reg.baselines import MIN_INLIERS, SCALE_RANGE
-from fire_reg.result import Registration, failed, register_files
+from fire_reg import geometry
+from fire_reg.geometry import transforms
+from fire_reg.evaluate.baselines import MIN_INLIERS, SCALE_RANGE
+from fire_reg.register.result import Registration, failed, register_files
 
 PACKAGE = "retinalysis-registration"
 MODULE = "rtnls_registration"
@@ -102,7 +103,7 @@ def _has_quadratic(external) -> bool:
 
 
 class RetinalysisTransform(transforms.Transform):
-    """retinalysis-registration's transform as a fire-reg :class:`~fire_reg.transforms.Transform`.
+    """retinalysis-registration's transform as a fire-reg :class:`~fire_reg.geometry.transforms.Transform`.
 
     ``external``: the package's transform, ``apply`` = image0 px -> image1 px (image0 the
     moving image, image1 the fixed image, original pixels). ``moving_in`` (3x3): this
@@ -223,7 +224,7 @@ def _rgb(image) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RetinalysisMethod:
-    """retinalysis-registration with the method interface of :mod:`fire_reg.result`.
+    """retinalysis-registration with the method interface of :mod:`fire_reg.register.result`.
 
     ``options``: keyword arguments of ``rtnls_registration.registration.Registration`` (its
     defaults when empty).

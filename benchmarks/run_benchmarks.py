@@ -156,8 +156,8 @@ def registration_seconds(fixed: Path, moving: Path, repeats: int = 3) -> float:
 
 def training_throughput(shards: Path, batch_size: int = 32, steps: int = 20) -> float:
     """Samples per second of training steps (default network and losses, after warm-up)."""
-    from fire_reg.shards import ShardStream
-    from fire_reg.trainer import TrainConfig, Trainer, make_batches
+    from fire_reg.learn.shards import ShardStream
+    from fire_reg.learn.trainer import TrainConfig, Trainer, make_batches
 
     config = TrainConfig(batch_size=batch_size, steps_per_epoch=steps + 3, curriculum_epochs=0)
     trainer = Trainer(shards, out_dir=shards.parent / "train_speed", config=config)
@@ -173,7 +173,7 @@ def training_throughput(shards: Path, batch_size: int = 32, steps: int = 20) -> 
 
 def markdown(figures: dict) -> str:
     """The README section: one accuracy table per set, the trust tables, the speed lines."""
-    from fire_reg import metrics
+    from fire_reg.evaluate import metrics
 
     lines = []
     for name, title in (("curved_drive", "Curved pairs from held-out DRIVE retinas"),

@@ -3,11 +3,11 @@
     pip install -e ".[bench]"        # retinalysis-registration (AGPL-3.0): a benchmark extra only
     python benchmarks/run_retinalysis.py --fire FIRE_DIR --out OUT_DIR
 
-Both methods go through :class:`fire_reg.tester.Tester` (the path of ``fire-reg evaluate``):
-every pair is decoded and registered by :func:`fire_reg.result.register_files` and scored with
+Both methods go through :class:`fire_reg.evaluate.tester.Tester` (the path of ``fire-reg evaluate``):
+every pair is decoded and registered by :func:`fire_reg.register.result.register_files` and scored with
 the FIRE protocol (moving control points through ``moving_to_fixed``, mean distance in
 FIRE-equivalent px, AUC over 0..25 px), next to the ground-truth ceilings. fire-reg is the
-default :class:`fire_reg.registrar.Registrar` (shipped weights) and comes first, so the
+default :class:`fire_reg.register.registrar.Registrar` (shipped weights) and comes first, so the
 overlays show it. retinalysis-registration is wrapped by ``benchmarks/retinalysis_method.py``.
 
 Writes OUT_DIR/results.json, report.md and the plots (as ``fire-reg evaluate``) and prints the
@@ -57,9 +57,9 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
 
-    from fire_reg import fire
-    from fire_reg.registrar import Registrar
-    from fire_reg.tester import Tester
+    from fire_reg.io import fire
+    from fire_reg.register.registrar import Registrar
+    from fire_reg.evaluate.tester import Tester
 
     problems = fire.verify_layout(args.fire)
     if problems:

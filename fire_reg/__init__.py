@@ -24,19 +24,19 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Registrar": "fire_reg.registrar", "Registration": "fire_reg.result",
-    "register_files": "fire_reg.result", "write_files": "fire_reg.result",
-    "baseline": "fire_reg.baselines", "fit_transform": "fire_reg.transforms",
-    "transform_from_dict": "fire_reg.transforms", "trust_summary": "fire_reg.metrics",
-    "fire_error": "fire_reg.metrics", "fire_statistics": "fire_reg.embedded",
-    "set_statistics": "fire_reg.embedded", "export_model": "fire_reg.trainer",
-    "FireDataset": "fire_reg.fire", "DatasetCreator": "fire_reg.dataset_creator",
-    "PrepareConfig": "fire_reg.dataset_creator", "MotionRange": "fire_reg.dataset_creator",
-    "Trainer": "fire_reg.trainer", "TrainConfig": "fire_reg.trainer",
-    "AugmentConfig": "fire_reg.trainer", "NetworkConfig": "fire_reg.config",
-    "VesselMapSettings": "fire_reg.imaging", "Tester": "fire_reg.tester",
-    "build_model": "fire_reg.network", "load_model": "fire_reg.bundle",
-    "ModelSettings": "fire_reg.bundle", "make_embedded_set": "fire_reg.embedded",
+    "Registrar": "fire_reg.register.registrar", "Registration": "fire_reg.register.result",
+    "register_files": "fire_reg.register.result", "write_files": "fire_reg.register.result",
+    "baseline": "fire_reg.evaluate.baselines", "fit_transform": "fire_reg.geometry.transforms",
+    "transform_from_dict": "fire_reg.geometry.transforms", "trust_summary": "fire_reg.evaluate.metrics",
+    "fire_error": "fire_reg.evaluate.metrics", "fire_statistics": "fire_reg.data.embedded",
+    "set_statistics": "fire_reg.data.embedded", "export_model": "fire_reg.learn.trainer",
+    "FireDataset": "fire_reg.io.fire", "DatasetCreator": "fire_reg.learn.dataset_creator",
+    "PrepareConfig": "fire_reg.learn.dataset_creator", "MotionRange": "fire_reg.learn.dataset_creator",
+    "Trainer": "fire_reg.learn.trainer", "TrainConfig": "fire_reg.learn.trainer",
+    "AugmentConfig": "fire_reg.learn.trainer", "NetworkConfig": "fire_reg.config",
+    "VesselMapSettings": "fire_reg.imaging.vessels", "Tester": "fire_reg.evaluate.tester",
+    "build_model": "fire_reg.learn.network", "load_model": "fire_reg.learn.bundle",
+    "ModelSettings": "fire_reg.learn.bundle", "make_embedded_set": "fire_reg.data.embedded",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -48,7 +48,7 @@ def __getattr__(name):
 
 
 class _RegisterLayersAfterKeras(importlib.abc.MetaPathFinder):
-    """Import hook: once the ``keras`` package has been executed, import fire_reg.network,
+    """Import hook: once the ``keras`` package has been executed, import fire_reg.learn.network,
     whose decorators register fire-reg's layers and losses with Keras; then step aside."""
 
     def find_spec(self, name, path=None, target=None):
@@ -68,13 +68,13 @@ class _RegisterLayersAfterKeras(importlib.abc.MetaPathFinder):
                 exec_module(module)
                 if self in sys.meta_path:
                     sys.meta_path.remove(self)
-                import_module("fire_reg.network")
+                import_module("fire_reg.learn.network")
 
             spec.loader.exec_module = exec_and_register
         return spec
 
 
 if "keras" in sys.modules:
-    import_module("fire_reg.network")
+    import_module("fire_reg.learn.network")
 else:
     sys.meta_path.insert(0, _RegisterLayersAfterKeras())

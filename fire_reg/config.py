@@ -116,8 +116,8 @@ def _check_bounds(name: str, value, low, high) -> None:
 
 @dataclass(frozen=True)
 class NetworkConfig(Config):
-    """Hyper-parameters of :func:`fire_reg.network.build_model` (here, not in
-    fire_reg.network, so that checking them does not import Keras).
+    """Hyper-parameters of :func:`fire_reg.learn.network.build_model` (here, not in
+    fire_reg.learn.network, so that checking them does not import Keras).
 
     ``input_size``: side of the square input in px, a multiple of 8 (three stride-2
     convolutions give an ``input_size / 8`` cell grid). ``encoder_channels``: one 3x3

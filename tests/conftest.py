@@ -9,7 +9,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def small_fire(tmp_path_factory):
     """Embedded FIRE-layout set at 384 px: 2 S, 1 P and 1 A pairs (exact ground truth)."""
-    from fire_reg.embedded import make_embedded_set
+    from fire_reg.data.embedded import make_embedded_set
 
     root = tmp_path_factory.mktemp("small_fire")
     make_embedded_set(root, categories={"S": 2, "P": 1, "A": 1}, size=384, seed=3,
@@ -20,7 +20,7 @@ def small_fire(tmp_path_factory):
 @pytest.fixture(scope="session")
 def shard_dir(small_fire, tmp_path_factory):
     """Training shards of ``small_fire``: 32 px patches, 8 per pair, in shards of 16."""
-    from fire_reg.dataset_creator import DatasetCreator, PrepareConfig
+    from fire_reg.learn.dataset_creator import DatasetCreator, PrepareConfig
 
     out = tmp_path_factory.mktemp("train_shards")
     DatasetCreator(small_fire, out, PrepareConfig(patch_size=32, per_pair=8, shard_size=16)).run(
@@ -31,7 +31,7 @@ def shard_dir(small_fire, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
     """An untrained (identity) fire-reg model at 32 px, saved as .keras."""
-    from fire_reg import network
+    from fire_reg.learn import network
 
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
     network.build_model({"input_size": 32, "encoder_channels": [4, 8, 8, 8],

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from skimage import data
 
-from fire_reg import baselines, geometry, imaging
+from fire_reg import geometry
+from fire_reg.imaging.vessels import fov_mask, resize_to_width
+from fire_reg.evaluate import baselines
 
 TRUE_ANGLE_DEG, TRUE_SCALE, TRUE_SHIFT = 4.0, 1.03, (25.0, -25.0)
 
@@ -13,7 +15,7 @@ TRUE_ANGLE_DEG, TRUE_SCALE, TRUE_SHIFT = 4.0, 1.03, (25.0, -25.0)
 def pair():
     """(fixed, moving, M): the retina at ~700 px and its copy under a known M (fixed px ->
     moving px), the camera aperture kept in place as in a real second photograph."""
-    fixed, _ = imaging.resize_to_width(cv2.cvtColor(data.retina(), cv2.COLOR_RGB2BGR), 700)
+    fixed, _ = resize_to_width(cv2.cvtColor(data.retina(), cv2.COLOR_RGB2BGR), 700)
     height, width = fixed.shape[:2]
     angle = np.deg2rad(TRUE_ANGLE_DEG)
     linear = TRUE_SCALE * np.array([[np.cos(angle), -np.sin(angle)],
@@ -21,8 +23,8 @@ def pair():
     matrix = geometry.about_center(linear, ((width - 1) / 2, (height - 1) / 2))
     matrix[:, 2] += TRUE_SHIFT
     # moving(M p) = fixed(p): sample the fixed image at M^-1 q for each moving pixel q
-    moving = imaging.resample(fixed, geometry.invert(matrix), (width, height))
-    moving[~imaging.fov_mask(fixed)] = 0
+    moving = geometry.resample(fixed, geometry.invert(matrix), (width, height))
+    moving[~fov_mask(fixed)] = 0
     return fixed, moving, matrix
 
 
@@ -61,7 +63,7 @@ def test_images_of_different_sizes(pair, name):
     fixed, moving, matrix = pair
     cropped = np.ascontiguousarray(moving[20:, 30:])
     result = baselines.baseline(name).register(fixed, cropped,
-                                          moving_mask=imaging.fov_mask(fixed)[20:, 30:])
+                                          moving_mask=fov_mask(fixed)[20:, 30:])
     assert result.status == "ok", result.reason
     assert _grid_error(result, fixed, geometry.compose([[1, 0, -30], [0, 1, -20]], matrix)) < 2.0
 
@@ -77,7 +79,7 @@ def test_ecc_without_template_mask_support(pair, monkeypatch):
 
 def test_explicit_masks_are_used(pair):
     fixed, moving, matrix = pair
-    mask = imaging.fov_mask(fixed)
+    mask = fov_mask(fixed)
     result = baselines.baseline("sift").register(fixed, moving, fixed_mask=mask,
                                             moving_mask=mask.astype(np.uint8) * 255)
     assert result.status == "ok" and _grid_error(result, fixed, matrix) < 2.0

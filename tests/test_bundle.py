@@ -10,10 +10,10 @@ import keras
 import numpy as np
 import pytest
 
-from fire_reg import bundle, network
+from fire_reg.learn import bundle, network
 from fire_reg.cli import main
-from fire_reg.errors import InputError
-from fire_reg.imaging import VesselMapSettings
+from fire_reg.io.errors import InputError
+from fire_reg.imaging.vessels import VesselMapSettings
 
 SMALL = {"input_size": 32, "encoder_channels": [4, 8, 8], "trunk_units": 8}
 SETTINGS = bundle.ModelSettings(input_size=32, preprocessing=VesselMapSettings(work_width=256),

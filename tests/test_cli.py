@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fire_reg.cli import main
-from fire_reg.fire import FireDataset
+from fire_reg.io.fire import FireDataset
 
 
 def run(capsys, *argv):

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from fire_reg.config import FieldError, NetworkConfig
-from fire_reg.dataset_creator import MotionRange, PrepareConfig
-from fire_reg.imaging import VesselMapSettings
-from fire_reg.trainer import AugmentConfig, TrainConfig
+from fire_reg.learn.dataset_creator import MotionRange, PrepareConfig
+from fire_reg.imaging.vessels import VesselMapSettings
+from fire_reg.learn.trainer import AugmentConfig, TrainConfig
 
 ALL = (NetworkConfig, MotionRange, PrepareConfig, AugmentConfig, TrainConfig, VesselMapSettings)
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from fire_reg import geometry
-from fire_reg import shards as shard_format
-from fire_reg.dataset_creator import DatasetCreator, PrepareConfig
-from fire_reg.errors import InputError
-from fire_reg.shards import load_manifest
+from fire_reg.learn import shards as shard_format
+from fire_reg.learn.dataset_creator import DatasetCreator, PrepareConfig
+from fire_reg.io.errors import InputError
+from fire_reg.learn.shards import load_manifest
 
 CONFIG = dict(patch_size=64, per_pair=6, shard_size=10, seed=5)
 

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from skimage import data
 
-from fire_reg import cli, embedded, geometry, imaging
-from fire_reg.errors import InputError
+from fire_reg.cli import main
+from fire_reg.imaging.vessels import fov_mask, vessel_map
+from fire_reg import geometry
+from fire_reg.data import embedded
+from fire_reg.io.errors import InputError
 
 SIZE = 448
 CATEGORIES = {"S": 2, "P": 2, "A": 2}
@@ -78,8 +81,8 @@ def overlap(mask, mapping) -> float:
 
 def vessel_ncc(fixed, other, common) -> float:
     """Normalised cross-correlation of the vessel maps inside a common mask."""
-    a, small, _ = imaging.vessel_map(fixed, common)
-    b, _, _ = imaging.vessel_map(other, common)
+    a, small, _ = vessel_map(fixed, common)
+    b, _, _ = vessel_map(other, common)
     inner = cv2.erode(small.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
     return float(np.corrcoef(a[inner], b[inner])[0, 1])
 
@@ -296,7 +299,7 @@ def test_aperture_stays_put(emb):
     for record in summary["pairs"]:
         for image in load_pair(out, record)[:2]:
             assert image[outside].max() <= 20, record["id"]  # black up to JPEG ringing
-            found = imaging.fov_mask(image)
+            found = fov_mask(image)
             assert (found & mask).sum() / (found | mask).sum() > 0.97, record["id"]
 
 
@@ -422,14 +425,14 @@ def test_fire_ground_truth_when_present():
 def test_cli_prints_the_statistics(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv(embedded.FIRE_GROUND_TRUTH_ENV, str(tmp_path / "absent"))
     out = tmp_path / "set"
-    assert cli.main(["data", "embedded", "--out", str(out), "--size", "160",
+    assert main(["data", "embedded", "--out", str(out), "--size", "160",
                      "--per-image", "S1,P1"]) == 0
     printed = capsys.readouterr().out
     assert "sphere geometry" in printed and "FIRE (documented values)" in printed
     assert json.loads((out / "embedded.json").read_text())["geometry"] == "sphere"
-    assert cli.main(["data", "embedded", "--out", str(out), "--size", "160",
+    assert main(["data", "embedded", "--out", str(out), "--size", "160",
                      "--per-image", "S1,P1", "--geometry", "affine"]) == 2
-    assert cli.main(["data", "embedded", "--out", str(tmp_path / "x"),
+    assert main(["data", "embedded", "--out", str(tmp_path / "x"),
                      "--geometry", "curved"]) == 2
 
 

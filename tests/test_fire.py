@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from fire_reg import fire, geometry
-from fire_reg.errors import InputError
+from fire_reg import geometry
+from fire_reg.io import fire
+from fire_reg.io.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (160, 128)  # (W, H) of the small test images (at least imaging.MIN_IMAGE_SIDE)

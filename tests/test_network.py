@@ -1,4 +1,4 @@
-"""Tests of fire_reg.network: shapes, identity start, the warp against OpenCV, gradients,
+"""Tests of fire_reg.learn.network: shapes, identity start, the warp against OpenCV, gradients,
 serialisation, a short training run and the JAX / PyTorch backends."""
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import keras
 import numpy as np
 import pytest
 
-from fire_reg import geometry, network
+from fire_reg import geometry
+from fire_reg.learn import network
 
 IDENTITY = np.eye(2, 3)
 
@@ -255,7 +256,7 @@ def test_a_few_training_steps_reduce_the_grid_loss():
 
 BACKEND_SCRIPT = textwrap.dedent("""
     import numpy as np, keras
-    from fire_reg import network
+    from fire_reg.learn import network
     assert keras.backend.backend() == "{backend}", keras.backend.backend()
     model = network.build_model({{"input_size": 32}})
     images = np.random.default_rng(0).random((3, 32, 32, 1)).astype("float32")

@@ -4,15 +4,20 @@ import numpy as np
 import pytest
 from skimage import data
 
-from fire_reg import geometry, imaging, refine, transforms
+from fire_reg.imaging.vessels import VesselMapSettings, fov_mask, resize_to_width
+from fire_reg.register.ecc import EccOptions, ecc_on_maps
+from fire_reg.register.fine import FineOptions, fine_stage, match_tiles, plausible_quadratic
+from fire_reg.register.maps import VesselMaps
+from fire_reg import geometry
+from fire_reg.geometry import transforms
 
 WIDTH = 512
-SETTINGS = imaging.VesselMapSettings(work_width=WIDTH)
+SETTINGS = VesselMapSettings(work_width=WIDTH)
 
 
 @pytest.fixture(scope="module")
 def retina():
-    image, _ = imaging.resize_to_width(cv2.cvtColor(data.retina(), cv2.COLOR_RGB2BGR), WIDTH)
+    image, _ = resize_to_width(cv2.cvtColor(data.retina(), cv2.COLOR_RGB2BGR), WIDTH)
     return image
 
 
@@ -24,7 +29,7 @@ def curved_pair(retina, forward):
     truth = transforms.Quadratic.from_forward(forward, domain)
     backward = transforms.Quadratic(truth.backward, truth.forward)  # moving px -> fixed px
     moving = backward.warp(retina, size)
-    moving[~imaging.fov_mask(retina)] = 0  # the camera aperture stays put
+    moving[~fov_mask(retina)] = 0  # the camera aperture stays put
     return retina, moving, truth
 
 
@@ -41,9 +46,9 @@ def _error(transform, truth, maps):
 
 def test_fine_stage_recovers_a_quadratic_from_its_best_affine(retina):
     fixed, moving, truth = curved_pair(retina, BENT)
-    maps = refine.VesselMaps.of(fixed, moving, SETTINGS)
+    maps = VesselMaps.of(fixed, moving, SETTINGS)
     start = transforms.Affine(truth.best_affine(maps.common_points(truth)))
-    outcome = refine.fine_stage(maps, start, "quadratic")
+    outcome = fine_stage(maps, start, "quadratic")
     assert outcome.model == "quadratic" and "quadratic from" in outcome.reason
     assert _error(start, truth, maps) > 0.7  # the best affine cannot follow the bend
     assert _error(outcome.transform, truth, maps) < 0.3
@@ -55,14 +60,14 @@ def test_fine_stage_falls_back_when_evidence_is_thin(retina):
     """With a quadratic demanding more matches than there are tiles, the stage keeps a simpler
     model and says why; with no vessels at all it returns the start unchanged."""
     fixed, moving, truth = curved_pair(retina, BENT)
-    maps = refine.VesselMaps.of(fixed, moving, SETTINGS)
+    maps = VesselMaps.of(fixed, moving, SETTINGS)
     start = transforms.Affine(truth.best_affine(maps.common_points(truth)))
-    greedy = refine.FineOptions(min_inliers={"quadratic": 10_000, "homography": 12, "affine": 6})
-    outcome = refine.fine_stage(maps, start, "quadratic", greedy)
+    greedy = FineOptions(min_inliers={"quadratic": 10_000, "homography": 12, "affine": 6})
+    outcome = fine_stage(maps, start, "quadratic", greedy)
     assert outcome.model == "homography" and "no quadratic" in outcome.reason
     blank = np.zeros_like(fixed)
-    empty = refine.VesselMaps.of(blank, blank, SETTINGS)
-    outcome = refine.fine_stage(empty, start, "quadratic")
+    empty = VesselMaps.of(blank, blank, SETTINGS)
+    outcome = fine_stage(empty, start, "quadratic")
     assert outcome.transform is start and outcome.model == "affine"
 
 
@@ -70,8 +75,8 @@ def test_match_tiles_report_where_content_moved(retina):
     """A pure shift of (3, -2) px: every confident tile match says so, to sub-pixel precision."""
     shift = transforms.Affine([[1, 0, 3.0], [0, 1, -2.0]])
     moving = shift.warp(retina, (retina.shape[1], retina.shape[0]))
-    maps = refine.VesselMaps.of(moving, retina, SETTINGS)  # fixed p shows at p + (3, -2)
-    matches = refine.match_tiles(maps, transforms.Affine(geometry.identity()), radius=8)
+    maps = VesselMaps.of(moving, retina, SETTINGS)  # fixed p shows at p + (3, -2)
+    matches = match_tiles(maps, transforms.Affine(geometry.identity()), radius=8)
     assert len(matches) > 50
     displacement = np.median(matches.moving - matches.fixed, axis=0)
     np.testing.assert_allclose(displacement, [3.0, -2.0], atol=0.15)
@@ -83,34 +88,34 @@ def test_ecc_refines_a_nearby_affine_start(retina):
         (255.5, 255.5)))
     truth.matrix[:, 2] += (12.0, -9.0)
     moving = transforms.Affine(geometry.invert(truth.matrix)).warp(retina, (WIDTH, retina.shape[0]))
-    maps = refine.VesselMaps.of(retina, moving, SETTINGS)
+    maps = VesselMaps.of(retina, moving, SETTINGS)
     start = geometry.compose(truth.matrix, [[1, 0, 6.0], [0, 1, -4.0]])
-    outcome = refine.ecc_on_maps(maps, start, refine.EccOptions(levels=2))
+    outcome = ecc_on_maps(maps, start, EccOptions(levels=2))
     assert outcome.matrix is not None, outcome.reason
     points = maps.common_points(truth)
     assert geometry.mean_point_distance(outcome.matrix, truth.matrix, points) < 0.5
     noise = np.random.default_rng(0).integers(0, 255, retina.shape, dtype=np.uint8)
-    unrelated = refine.VesselMaps.of(retina, noise, SETTINGS)
-    assert refine.ecc_on_maps(unrelated, start).matrix is None  # reported, not raised
+    unrelated = VesselMaps.of(retina, noise, SETTINGS)
+    assert ecc_on_maps(unrelated, start).matrix is None  # reported, not raised
 
 
 def test_plausible_quadratic_rejects_fold_over():
     domain = geometry.grid_points((512, 512), 10)
     folding = transforms.Quadratic.from_forward([[0, 1, 0, -0.004, 0, 0], [0, 0, 1, 0, 0, 0]],
                                                 domain)
-    assert "folds over" in refine.plausible_quadratic(folding, domain, 512, 0.05)
+    assert "folds over" in plausible_quadratic(folding, domain, 512, 0.05)
     gentle = transforms.Quadratic.from_forward(BENT, domain)
-    assert refine.plausible_quadratic(gentle, domain, 512, 0.05) is None
+    assert plausible_quadratic(gentle, domain, 512, 0.05) is None
 
 
 def test_similarities_side_by_side_equal_one_by_one(retina):
     """The pool's parallel warps give the same scores as serial calls, across cache evictions."""
     fixed, moving, truth = curved_pair(retina, BENT)
-    maps = refine.VesselMaps.of(fixed, moving, SETTINGS)
+    maps = VesselMaps.of(fixed, moving, SETTINGS)
     candidates = [transforms.Affine([[1, 0, dx], [0, 1, -dx / 2]])
                   for dx in np.linspace(-12, 12, 9)] + [truth]
     side_by_side = maps.similarities(candidates)
-    fresh = refine.VesselMaps.of(fixed, moving, SETTINGS)
+    fresh = VesselMaps.of(fixed, moving, SETTINGS)
     assert side_by_side == [fresh.similarity(c) for c in candidates]
     assert np.argmax(side_by_side) == len(candidates) - 1  # the true map aligns best
 
@@ -124,7 +129,7 @@ def test_thread_pool_works_in_a_forked_child(retina):
     import multiprocessing
 
     fixed, moving, truth = curved_pair(retina, BENT)
-    maps = refine.VesselMaps.of(fixed, moving, SETTINGS)  # the parent's pool is running
+    maps = VesselMaps.of(fixed, moving, SETTINGS)  # the parent's pool is running
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_similarity_in_child, args=(maps, truth, queue))

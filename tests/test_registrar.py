@@ -2,17 +2,19 @@
 import numpy as np
 import pytest
 
-from fire_reg import bundle, geometry, imaging, metrics, network
-from fire_reg.errors import InputError
-from fire_reg.fire import FireDataset
-from fire_reg.registrar import Registrar
+from fire_reg.imaging.vessels import VesselMapSettings, vessel_map
+from fire_reg import geometry
+from fire_reg.evaluate import metrics
+from fire_reg.learn import bundle, network
+from fire_reg.io.fire import FireDataset
+from fire_reg.register.registrar import Registrar
 
 
 def constant_model(shift_u, size=32, work_width=512):
     """(model, settings): a fire-reg model whose translation head always answers (shift_u, 0)
     (normalised), applied to vessel maps ``work_width`` px wide."""
     settings = bundle.ModelSettings(input_size=size,
-                                    preprocessing=imaging.VesselMapSettings(work_width=work_width))
+                                    preprocessing=VesselMapSettings(work_width=work_width))
     model = network.build_model({"input_size": size, "encoder_channels": [4, 8, 8, 8],
                                  "trunk_units": 8}, settings)
     head = model.get_layer("translation")
@@ -126,6 +128,6 @@ def test_the_model_s_own_preprocessing_is_applied(small_fire, tmp_path):
 
 def test_vessel_map_is_zero_outside_the_aperture(small_fire):
     image = FireDataset(small_fire)["S01"].image("fixed")
-    vessels, mask, scale = imaging.vessel_map(image, work_width=256)
+    vessels, mask, scale = vessel_map(image, work_width=256)
     assert vessels.shape == (256, 256) and scale == pytest.approx((256 / image.shape[1],) * 2)
     assert vessels[~mask].max() == 0 and 0 < vessels[mask].mean() < 0.5

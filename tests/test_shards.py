@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from fire_reg import shards
-from fire_reg.errors import InputError
+from fire_reg.learn import shards
+from fire_reg.io.errors import InputError
 
 SIZE = 8
 

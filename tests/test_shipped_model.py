@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from fire_reg import geometry, metrics
-from fire_reg.bundle import ModelSettings, default_model_path, load_model
-from fire_reg.fire import FireDataset
-from fire_reg.imaging import VesselMapSettings
-from fire_reg.registrar import Registrar
+from fire_reg import geometry
+from fire_reg.evaluate import metrics
+from fire_reg.learn.bundle import ModelSettings, default_model_path, load_model
+from fire_reg.io.fire import FireDataset
+from fire_reg.imaging.vessels import VesselMapSettings
+from fire_reg.register.registrar import Registrar
 
 
 @pytest.fixture(scope="module")

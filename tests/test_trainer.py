@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 
 from fire_reg import geometry
-from fire_reg import shards as shard_format
-from fire_reg.bundle import load_model
+from fire_reg.learn import shards as shard_format
+from fire_reg.learn.bundle import load_model
 from fire_reg.cli import main
-from fire_reg.dataset_creator import DatasetCreator, PrepareConfig
-from fire_reg.errors import InputError
-from fire_reg.imaging import VesselMapSettings
-from fire_reg.trainer import (AugmentConfig, TrainConfig, Trainer, augment_batch,
-                              export_model, transform_sample)
+from fire_reg.learn.dataset_creator import DatasetCreator, PrepareConfig
+from fire_reg.io.errors import InputError
+from fire_reg.imaging.vessels import VesselMapSettings
+from fire_reg.learn.trainer import AugmentConfig, TrainConfig, Trainer, augment_batch, export_model, transform_sample
 
 TINY_NETWORK = {"encoder_channels": [4, 8, 8, 8, 8], "trunk_units": 16}
 

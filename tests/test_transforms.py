@@ -3,7 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fire_reg import geometry, transforms
+from fire_reg import geometry
+from fire_reg.geometry import transforms
 
 RNG = np.random.default_rng(7)
 # a mildly curved map of a 600 x 500 image: a FIRE-like bend of a few px at the edges

@@ -1,11 +1,11 @@
 """Tester: scores registration methods on a FIRE-layout set with the FIRE protocol.
 
 Every method (the learned Registrar and the classic baselines alike: anything with the method
-interface of :mod:`fire_reg.result`) registers every pair through
-:func:`fire_reg.result.register_files`, the same path as ``fire-reg register``. For every
+interface of :mod:`fire_reg.register.result`) registers every pair through
+:func:`fire_reg.register.result.register_files`, the same path as ``fire-reg register``. For every
 pair and method the transform (fixed px -> moving px, original resolution), its best affine,
 the error (mean control-point distance in FIRE-equivalent px, moving points mapped by the
-transform's ``moving_to_fixed``, see :mod:`fire_reg.metrics`), the seconds, the status and
+transform's ``moving_to_fixed``, see :mod:`fire_reg.evaluate.metrics`), the seconds, the status and
 the estimated error are recorded. Reference rows show what each transform model can reach at
 best: the affine, homography and quadratic fitted to the pair's own control points, and the
 identity.
@@ -30,10 +30,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from fire_reg import metrics, transforms, visualize
-from fire_reg.errors import write_json, write_text
-from fire_reg.fire import FIRE_WIDTH, PUBLISHED_EXCLUDE, FireDataset
-from fire_reg.result import register_files
+from fire_reg.evaluate.plots import save_error_boxplot, save_success_curves, save_trust_scatter
+from fire_reg.imaging.overlays import save_overlay_panel
+from fire_reg.evaluate import metrics
+from fire_reg.geometry import transforms
+from fire_reg.io.output import write_json, write_text
+from fire_reg.io.fire import FIRE_WIDTH, FireDataset, PUBLISHED_EXCLUDE
+from fire_reg.register.result import register_files
 
 REFERENCE_PREFIX = "ground-truth "
 REFERENCES = tuple(REFERENCE_PREFIX + model for model in transforms.MODELS)
@@ -123,7 +126,7 @@ class Tester:
 
     @staticmethod
     def _errors(transform, fixed_pts, moving_pts, to_fire) -> dict:
-        errors = metrics.pair_error(transform, fixed_pts, moving_pts) * to_fire
+        errors = transforms.control_point_errors(transform, fixed_pts, moving_pts) * to_fire
         return {"error_px": float(errors.mean()), "point_errors_px": errors.tolist()}
 
     def _results(self, pairs: dict) -> dict:
@@ -156,14 +159,14 @@ class Tester:
         errors_by_method = {m: {pid: p["methods"][m]["error_px"] for pid, p in pairs.items()}
                             for m in self.names}
         categories = {pid: p["category"] for pid, p in pairs.items()}
-        visualize.save_success_curves(self.out_dir / "success_curves.png", errors_by_method,
+        save_success_curves(self.out_dir / "success_curves.png", errors_by_method,
                                       categories)
-        visualize.save_error_boxplot(self.out_dir / "error_boxplot.png", errors_by_method)
+        save_error_boxplot(self.out_dir / "error_boxplot.png", errors_by_method)
         estimates = {m.name: [(p["methods"][m.name]["estimated_error_px"],
                                p["methods"][m.name]["error_px"],
                                p["methods"][m.name]["status"]) for p in pairs.values()]
                      for m in self.methods}
-        visualize.save_trust_scatter(self.out_dir / "trust.png", {
+        save_trust_scatter(self.out_dir / "trust.png", {
             name: rows for name, rows in estimates.items()
             if any(row[0] is not None for row in rows)})
         if self.overlays <= 0:
@@ -173,7 +176,7 @@ class Tester:
         for pid in chosen:
             pair = self.dataset[pid]
             fixed_pts, moving_pts = pair.control_points()
-            visualize.save_overlay_panel(
+            save_overlay_panel(
                 self.out_dir / "overlays" / f"{pid}.png", pair.image("fixed"), pair.image("moving"),
                 transforms.transform_from_dict(pairs[pid]["transform"]), fixed_pts, moving_pts,
                 title=f"{pid} ({pairs[pid]['category']}) {pairs[pid]['method']}: "

@@ -12,7 +12,7 @@ Run folder (``out``)::
                        (epoch_NNNN.weights.h5, N = epochs done), kept so that ``fit(resume=True)``
                        (``fire-reg train --resume``) continues the run, also to more epochs
 
-Samples stream from memory-mapped shards (fire_reg.shards); each batch gets on-the-fly
+Samples stream from memory-mapped shards (fire_reg.learn.shards); each batch gets on-the-fly
 augmentation that keeps the target exact (AugmentConfig): a random symmetry of the square
 (flips, quarter turns) applied to both patches and conjugated into the target, a fixed/moving
 swap (target inverted), and photometric jitter (gamma, gain, noise). A motion curriculum admits
@@ -34,13 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
+from fire_reg.learn.curves import save_training_curves
 from fire_reg import geometry
-from fire_reg.bundle import ModelSettings
+from fire_reg.learn.bundle import ModelSettings
 from fire_reg.config import Config, FieldError, NetworkConfig
-from fire_reg.dataset_creator import PrepareConfig
-from fire_reg.errors import InputError, atomic_path, write_json, write_text
-from fire_reg import shards
-from fire_reg.shards import ShardStream
+from fire_reg.learn.dataset_creator import PrepareConfig
+from fire_reg.io.errors import InputError
+from fire_reg.io.output import atomic_path, write_json, write_text
+from fire_reg.learn import shards
+from fire_reg.learn.shards import ShardStream
 
 BACKUP = "backup"
 """Run-folder subfolder with the state after the last completed epoch (for ``resume``)."""
@@ -206,7 +208,7 @@ def make_batches(stream: ShardStream, indices: np.ndarray, config: TrainConfig, 
     when ``training``)."""
     import keras
 
-    from fire_reg import network
+    from fire_reg.learn import network
 
     grid = network.feature_grid(dataclasses.replace(config.network, input_size=stream.patch_size))
 
@@ -309,7 +311,7 @@ class Trainer:
         """Build and compile the network (inside the distribution scope when asked)."""
         import keras
 
-        from fire_reg import network
+        from fire_reg.learn import network
 
         settings = ModelSettings(input_size=self.stream.patch_size,
                                  preprocessing=self.prepared.preprocessing,
@@ -430,7 +432,6 @@ class Trainer:
 
     def save_curves(self) -> None:
         """Draw log.csv as curves.png."""
-        from fire_reg import visualize
 
         log = self.out_dir / "log.csv"
         if not log.exists():
@@ -438,7 +439,7 @@ class Trainer:
         rows = _read_log(log)
         history = {name: [row[name] for row in rows] for name in rows[0]
                    if name.endswith("loss")} if rows else {}
-        visualize.save_training_curves(self.out_dir / "curves.png", history)
+        save_training_curves(self.out_dir / "curves.png", history)
 
     def run_record(self) -> dict:
         """The resolved config with seeds, versions and the command line."""
@@ -456,7 +457,7 @@ class Trainer:
                 "versions": versions, "command": shlex.join(sys.argv)}
 
     def training_data(self) -> dict:
-        """Summaries (fire_reg.shards.summary) of the training shards and of the validation
+        """Summaries (fire_reg.learn.shards.summary) of the training shards and of the validation
         shards (None when the validation pairs are split off the training shards)."""
         return {"train": shards.summary(self.stream.manifest),
                 "validation": shards.summary(self.val_stream.manifest) if self.val_stream else None}
@@ -571,12 +572,12 @@ def _check_distributable() -> None:
 def export_model(run_dir, out_dir, validation_results=None) -> Path:
     """Write a run's best model (without optimizer state) and its JSON card to ``out_dir``.
 
-    The card: :func:`fire_reg.bundle.card` (file, parameters and the settings the model
+    The card: :func:`fire_reg.learn.bundle.card` (file, parameters and the settings the model
     carries), the run record (``training``), its log and, from a ``fire-reg evaluate``
     results.json, the validation summary. Returns the model path. InputError when the run
     folder lacks model.keras or config.json or ``validation_results`` is not a results.json.
     """
-    from fire_reg import bundle
+    from fire_reg.learn import bundle
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     for needed in ("model.keras", "config.json"):

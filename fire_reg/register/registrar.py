@@ -2,25 +2,25 @@
 
 Steps, for images of any size and aspect:
 
-1. Both images become vessel maps (:class:`fire_reg.refine.VesselMaps`) at ``work_width`` px
+1. Both images become vessel maps (:class:`fire_reg.register.maps.VesselMaps`) at ``work_width`` px
    and are letterboxed into the network's square input (``geometry.letterbox``).
 2. **Coarse to fine**: the network predicts the motion; for each further iteration the moving
    map is resampled through the current estimate (cut to the fixed aperture, so that both
    apertures coincide as in training), the network predicts the residual, and it is composed
    onto the estimate. Each pass has two candidates from the same forward pass, the regression
    heads and a RANSAC fit to the network's own cell matches; the better-aligning one is kept.
-3. Affine refinement: OpenCV ECC (:func:`fire_reg.refine.ecc_on_maps`) from the network's
+3. Affine refinement: OpenCV ECC (:func:`fire_reg.register.ecc.ecc_on_maps`) from the network's
    answer on the working maps, then, when ``refine_width`` is set (e.g. 1024) and the images
    are wider than 1.5x the working width, once more on vessel maps at that width; each step is
    kept only when it raises the vessel-map similarity.
-4. **Fine stage** (:func:`fire_reg.refine.fine_stage`): local tile matches on the working maps
+4. **Fine stage** (:func:`fire_reg.register.fine.fine_stage`): local tile matches on the working maps
    and a robust fit of the requested ``transform`` model (quadratic by default: the curved
    retina), falling back to a homography, then an affine, when the evidence is too thin.
-5. **Trust** (:mod:`fire_reg.trust`): the estimated error from held-out tile matches, the
+5. **Trust** (:mod:`fire_reg.register.trust`): the estimated error from held-out tile matches, the
    overlap and plausibility checks of the transform give ``status`` and ``reason``.
 
 The returned transform is in the pixels of the images given (original pixels through
-:func:`fire_reg.result.register_files`).
+:func:`fire_reg.register.result.register_files`).
 """
 from __future__ import annotations
 
@@ -29,13 +29,17 @@ import time
 
 import numpy as np
 
-from fire_reg import geometry, imaging, transforms, trust
-from fire_reg import refine as refine_module
-from fire_reg.result import Registration, register_files
+from fire_reg import geometry
+from fire_reg.register.ecc import EccOptions, ecc_on_maps
+from fire_reg.register.fine import FineOptions, fine_stage
+from fire_reg.register.maps import VesselMaps
+from fire_reg.geometry import transforms
+from fire_reg.register import trust
+from fire_reg.register.result import Registration, register_files
 
-ECC_FINAL = refine_module.EccOptions(levels=3, iterations=100, epsilon=1e-5)
+ECC_FINAL = EccOptions(levels=3, iterations=100, epsilon=1e-5)
 """ECC when its affine is the answer (``transform="none"``): three pyramid levels, converged."""
-ECC_BEFORE_FINE = refine_module.EccOptions(levels=2, iterations=20, epsilon=1e-3)
+ECC_BEFORE_FINE = EccOptions(levels=2, iterations=20, epsilon=1e-3)
 """ECC when the fine stage follows: it only has to bring the estimate into the fine stage's
 search radius (same accuracy on the benchmark sets, half the time)."""
 POLISH_MIN_RATIO = 1.5
@@ -47,7 +51,7 @@ class Registrar:
     """Registers pairs of fundus photographs with the learned network, ECC and the fine stage.
 
     ``model``: a ``.keras`` path or None (the shipped weights), loaded with
-    :func:`fire_reg.bundle.load_model`, or an already loaded ``(model, settings)`` pair: the
+    :func:`fire_reg.learn.bundle.load_model`, or an already loaded ``(model, settings)`` pair: the
     vessel maps are made with the model's own preprocessing settings (working width, CLAHE,
     top-hat), so a model trained at another width is applied as it was trained.
     ``iterations``: network passes (>= 1); ``refine``: "ecc" or "none" (affine ECC after the
@@ -64,10 +68,10 @@ class Registrar:
 
     def __init__(self, model=None, iterations: int = 2, refine: str | None = "ecc",
                  refine_width: int | None = None, transform: str = "quadratic",
-                 ecc: refine_module.EccOptions | None = None,
-                 polish: refine_module.EccOptions = refine_module.EccOptions(
+                 ecc: EccOptions | None = None,
+                 polish: EccOptions = EccOptions(
                      levels=1, iterations=20, epsilon=1e-4),
-                 fine: refine_module.FineOptions | None = None,
+                 fine: FineOptions | None = None,
                  trust_options: trust.TrustOptions | None = None):
         refine = "none" if refine is None else refine
         if refine not in ("none", "ecc"):
@@ -82,7 +86,7 @@ class Registrar:
         if isinstance(model, tuple):
             self.model, self.settings = model
         else:
-            from fire_reg import bundle
+            from fire_reg.learn import bundle
 
             self.model, self.settings = bundle.load_model(model)
         self.size = self.settings.input_size
@@ -94,7 +98,7 @@ class Registrar:
         self.transform = transform
         self.ecc = ecc or (ECC_FINAL if transform == "none" else ECC_BEFORE_FINE)
         self.polish = polish
-        self.fine = fine or refine_module.FineOptions()
+        self.fine = fine or FineOptions()
         self.trust_options = trust_options or trust.TrustOptions()
         blank = np.zeros((self.size, self.size), np.float32)
         self._predict(blank, blank)  # compile once here, so per-pair seconds are steady-state
@@ -108,7 +112,7 @@ class Registrar:
                  moving_mask=None) -> Registration:
         """Register two BGR (or gray) images; the transform is in these images' pixels."""
         start = time.perf_counter()
-        maps = refine_module.VesselMaps.of(fixed, moving, self.preprocessing, fixed_mask,
+        maps = VesselMaps.of(fixed, moving, self.preprocessing, fixed_mask,
                                            moving_mask)
         estimate, similarity = self._network_estimate(maps)
         stages = {"network": maps.to_full(estimate)}
@@ -117,7 +121,7 @@ class Registrar:
             estimate, similarity, reason = self._ecc_steps(fixed, moving, fixed_mask, moving_mask,
                                                            maps, estimate, similarity, stages)
         if self.transform != "none":
-            fine = refine_module.fine_stage(maps, estimate, self.transform, self.fine)
+            fine = fine_stage(maps, estimate, self.transform, self.fine)
             estimate = fine.transform
             stages[f"fine_{fine.model}"] = maps.to_full(estimate)
             reason = f"{reason}, then {fine.reason}"
@@ -139,13 +143,13 @@ class Registrar:
         fine_width = min(self.refine_width or 0, fixed.shape[1], moving.shape[1])
         if fine_width >= POLISH_MIN_RATIO * self.work_width:
             finer = dataclasses.replace(self.preprocessing, work_width=fine_width)
-            steps.append((refine_module.VesselMaps.of(fixed, moving, finer, fixed_mask,
+            steps.append((VesselMaps.of(fixed, moving, finer, fixed_mask,
                                                       moving_mask), self.polish))
         full = maps.to_full(estimate)
         for step_maps, options in steps:
             current = step_maps.to_maps(full)
             before = similarity if step_maps is maps else step_maps.similarity(current)
-            outcome = refine_module.ecc_on_maps(step_maps, current.matrix, options)
+            outcome = ecc_on_maps(step_maps, current.matrix, options)
             if outcome.matrix is None:
                 reason += f" (ECC at {step_maps.width} px rejected: {outcome.reason})"
                 break
@@ -164,22 +168,22 @@ class Registrar:
         vessel-map similarity.
 
         Each pass gives two candidates for the residual, the regression heads' matrix and the
-        robust fit to the network's matches (:func:`fire_reg.network.affine_from_matches`);
+        robust fit to the network's matches (:func:`fire_reg.learn.network.affine_from_matches`);
         the one whose composed estimate aligns the vessel maps better is kept.
         """
-        from fire_reg import network
+        from fire_reg.learn import network
 
         size = self.size
         fixed_box = geometry.letterbox(maps.fixed_size, size)
         from_patch = np.linalg.inv(fixed_box)
-        fixed_in = imaging.resample(maps.fixed, from_patch, (size, size))
-        fixed_in_fov = imaging.resample(maps.fixed_fov.astype(np.float32), from_patch,
+        fixed_in = geometry.resample(maps.fixed, from_patch, (size, size))
+        fixed_in_fov = geometry.resample(maps.fixed_fov.astype(np.float32), from_patch,
                                         (size, size)) > 0.5
         estimate = geometry.pixel_from_letterboxed(geometry.identity(), maps.fixed_size,
                                                    maps.moving.shape[1::-1], size)
         similarity = -1.0
         for iteration in range(self.iterations):
-            moving_in = imaging.resample(maps.moving, geometry.compose(estimate, from_patch),
+            moving_in = geometry.resample(maps.moving, geometry.compose(estimate, from_patch),
                                          (size, size))
             if iteration:
                 moving_in = moving_in * fixed_in_fov
@@ -203,5 +207,5 @@ class Registrar:
 
     def register_files(self, fixed_path, moving_path) -> Registration:
         """Register two image files; the transform is in the files' original pixels
-        (:func:`fire_reg.result.register_files`)."""
+        (:func:`fire_reg.register.result.register_files`)."""
         return register_files(self, fixed_path, moving_path)

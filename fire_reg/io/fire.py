@@ -9,7 +9,7 @@ Layout (paths relative to the set's root folder)::
 
 ``<ID>`` starts with the category letter: S (overlap > 75%, no anatomical change),
 P (overlap < 75%) or A (overlap > 75%, anatomical change). Images may also be .png, .tif, ...
-(any suffix in ``imaging.IMAGE_SUFFIXES``). Control points are pixel coordinates
+(any suffix in ``IMAGE_SUFFIXES``). Control points are pixel coordinates
 (x right, y down, centre of the top-left pixel at (0, 0)): (x_1, y_1) in the fixed image,
 (x_2, y_2) in the moving image. Matrices map fixed pixels to moving pixels (fire_reg.geometry).
 
@@ -29,8 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fire_reg import geometry, imaging
-from fire_reg.errors import InputError
+from fire_reg.imaging.vessels import green
+from fire_reg.io.images import IMAGE_SUFFIXES, image_size, read_image
+from fire_reg import geometry
+from fire_reg.io.errors import InputError
 
 CATEGORIES = ("S", "P", "A")
 FIRE_WIDTH = 2912
@@ -102,15 +104,15 @@ class FirePair:
 
     def image(self, which: str, reduce: int = 1) -> np.ndarray:
         """The image as BGR uint8 (H, W, 3), decoded at 1/``reduce`` size (1, 2, 4 or 8)."""
-        return imaging.read_image(self.path(which), reduce)
+        return read_image(self.path(which), reduce)
 
     def green(self, which: str, reduce: int = 1) -> np.ndarray:
         """Green channel (H, W) uint8 of the image, decoded at 1/``reduce`` size."""
-        return imaging.green(self.image(which, reduce))
+        return green(self.image(which, reduce))
 
     def size(self, which: str) -> tuple[int, int]:
         """(W, H) in pixels of the image, read from the file header."""
-        return imaging.image_size(self.path(which))
+        return image_size(self.path(which))
 
     def scale_to_fire(self) -> float:
         """Factor from this pair's fixed-image pixels to FIRE-equivalent pixels (2912 / width)."""
@@ -164,7 +166,7 @@ def _scan(root: Path) -> dict[str, dict[str, list[Path]]]:
     if (root / IMAGES).is_dir():
         for path in sorted((root / IMAGES).iterdir()):
             match = _IMAGE_NAME.fullmatch(path.name)
-            if match and match[3].lower() in imaging.IMAGE_SUFFIXES:
+            if match and match[3].lower() in IMAGE_SUFFIXES:
                 entry(match[1])[match[2]].append(path)
     if (root / GROUND_TRUTH).is_dir():
         for path in sorted((root / GROUND_TRUTH).iterdir()):
@@ -285,7 +287,7 @@ class FireDataset:
     def mask(self) -> np.ndarray | None:
         """Field-of-view mask from Masks/mask.png as a bool (H, W) array, or None if absent."""
         path = self.root / "Masks" / "mask.png"
-        return imaging.read_image(path).any(axis=2) if path.exists() else None
+        return read_image(path).any(axis=2) if path.exists() else None
 
 
 def load_fire_manifest() -> dict:
@@ -321,7 +323,7 @@ def verify(root, manifest: dict | None = None) -> list[str]:
         for key in ("fixed", "moving"):
             path = root / pair[key]
             try:
-                size = imaging.image_size(path)
+                size = image_size(path)
             except InputError as error:
                 problems.append(str(error))
                 continue

@@ -1,7 +1,7 @@
 """One result type for every registration method, the one decode-and-register path, and the
 files a result is written to.
 
-* :class:`Registration`: the transform (fixed px -> moving px, :mod:`fire_reg.transforms`),
+* :class:`Registration`: the transform (fixed px -> moving px, :mod:`fire_reg.geometry.transforms`),
   its best affine ``matrix`` (for tools that read only matrices), ``status`` ("ok",
   "suspect" or "failed"), ``reason``, ``seconds`` and the trust evidence
   (``estimated_error_px``, ``overlap``, ``similarity``, ``checks``). The learned Registrar and
@@ -20,8 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fire_reg import geometry, imaging, transforms
-from fire_reg.errors import atomic_path, write_json, write_text
+from fire_reg.imaging.overlays import save_overlay_panel
+from fire_reg.io.images import image_size, read_for_width, read_image
+from fire_reg import geometry
+from fire_reg.geometry import transforms
+from fire_reg.io.output import atomic_path, write_json, write_text
 
 STATUSES = ("ok", "suspect", "failed")
 CONVENTION = ("x right, y down, (0, 0) = centre of the top-left pixel; fixed px -> moving px; "
@@ -112,11 +115,11 @@ def register_files(method, fixed_path, moving_path) -> Registration:
     """Decode two image files (at reduced size where ``method.decode_width`` allows: JPEG 1/2,
     1/4, 1/8), register them with ``method`` and return the result in the files' original
     pixels. Raises InputError for an unreadable image."""
-    fixed_size = imaging.image_size(fixed_path)
-    moving_size = imaging.image_size(moving_path)
+    fixed_size = image_size(fixed_path)
+    moving_size = image_size(moving_path)
     width = method.decode_width
-    fixed, fixed_scale = imaging.read_for_width(fixed_path, width)
-    moving, moving_scale = imaging.read_for_width(moving_path, width)
+    fixed, fixed_scale = read_for_width(fixed_path, width)
+    moving, moving_scale = read_for_width(moving_path, width)
     result = method.register(fixed, moving)
     return result.rescaled(1 / np.asarray(fixed_scale), 1 / np.asarray(moving_scale),
                            fixed_size, moving_size)
@@ -127,15 +130,14 @@ def write_files(out_dir, result: Registration, fixed_path, moving_path) -> None:
     the fixed frame, full size) and ``overlay.png`` (before/after panels) to ``out_dir``."""
     import cv2
 
-    from fire_reg import visualize
 
     out_dir = Path(out_dir)
-    fixed, moving = imaging.read_image(fixed_path), imaging.read_image(moving_path)
+    fixed, moving = read_image(fixed_path), read_image(moving_path)
     warped = result.transform.warp(moving, result.fixed_size)
     with atomic_path(out_dir / "warped.png") as tmp:
         if not cv2.imwrite(str(tmp), warped):
             raise OSError(f"could not write {out_dir / 'warped.png'}")
-    visualize.save_overlay_panel(out_dir / "overlay.png", fixed, moving, result.transform,
+    save_overlay_panel(out_dir / "overlay.png", fixed, moving, result.transform,
                                  title=f"{Path(moving_path).name} -> {Path(fixed_path).name}: "
                                        f"{result.status}")
     record = result.to_json()

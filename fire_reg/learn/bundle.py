@@ -1,10 +1,10 @@
 """The model bundle: a fire-reg ``.keras`` file that says how to apply it.
 
-Every model :func:`fire_reg.network.build_model` makes (so every checkpoint the Trainer
+Every model :func:`fire_reg.learn.network.build_model` makes (so every checkpoint the Trainer
 writes, and every exported model) carries its :class:`ModelSettings` inside the file, in the
-config of an identity layer named ``settings`` (:class:`fire_reg.network.SettingsLayer`) on
+config of an identity layer named ``settings`` (:class:`fire_reg.learn.network.SettingsLayer`) on
 the matrix output: the input size, how the inputs are made (vessel maps,
-:class:`fire_reg.imaging.VesselMapSettings`), the letterbox and matrix conventions, and a
+:class:`fire_reg.imaging.vessels.VesselMapSettings`), the letterbox and matrix conventions, and a
 summary of the training data. :func:`load_model` returns the model with its settings and
 refuses a file without them; :func:`card` is the JSON card ``fire-reg export`` writes beside
 the model, from the same settings.
@@ -19,8 +19,9 @@ from importlib import resources
 from pathlib import Path
 
 from fire_reg.config import Config, FieldError
-from fire_reg.errors import InputError, atomic_path
-from fire_reg.imaging import VesselMapSettings
+from fire_reg.io.errors import InputError
+from fire_reg.io.output import atomic_path
+from fire_reg.imaging.vessels import VesselMapSettings
 
 MODEL_NAME = "fire_reg_affine"
 SETTINGS_LAYER = "settings"
@@ -38,7 +39,7 @@ class ModelSettings(Config):
     """How to apply a model: what a ``.keras`` file of fire-reg carries besides its weights.
 
     ``input_size``: side in px of the square network input. ``preprocessing``: the vessel
-    maps both photographs become (:func:`fire_reg.imaging.vessel_map` with these settings,
+    maps both photographs become (:func:`fire_reg.imaging.vessels.vessel_map` with these settings,
     at ``preprocessing.work_width`` px) before they are letterboxed. ``letterbox`` and
     ``matrix``: the conventions (keys of LETTERBOXES and MATRICES). ``training_data``: what
     the model was trained on (``Trainer.training_data()``: shard summaries), None when it
@@ -82,7 +83,7 @@ def load_model(path=None):
         layer = model.get_layer(SETTINGS_LAYER)
     except ValueError:
         raise InputError(path, "made by an older fire-reg: it does not say how to apply it (no "
-                               "settings inside); convert it with fire_reg.bundle.upgrade_model "
+                               "settings inside); convert it with fire_reg.learn.bundle.upgrade_model "
                                "or export it again") from None
     try:
         settings = ModelSettings.from_dict(layer.settings)
@@ -101,7 +102,7 @@ def upgrade_model(path, out_path, settings: ModelSettings):
     the ones it was trained with (its shard manifest's ``config.preprocessing``)."""
     import keras
 
-    from fire_reg.network import SettingsLayer
+    from fire_reg.learn.network import SettingsLayer
 
     path = Path(path)
     old = _load_fire_reg_model(path)
@@ -130,7 +131,7 @@ def _load_fire_reg_model(path: Path):
     """A fire-reg network from a .keras file (with or without settings), or InputError."""
     import keras
 
-    import fire_reg.network  # noqa: F401  (registers fire-reg's layers with Keras)
+    import fire_reg.learn.network  # noqa: F401  (registers fire-reg's layers with Keras)
 
     if not path.is_file():
         raise InputError(path, "model file not found")

@@ -25,7 +25,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fire_reg.errors import InputError, atomic_path, write_json
+from fire_reg.io.errors import InputError
+from fire_reg.io.output import atomic_path, write_json
 
 FORMAT = "fire-reg patch shards"
 MANIFEST_VERSION = 2
@@ -102,7 +103,7 @@ def make_manifest(source, config: dict, pairs: list[dict], shards: list[dict]) -
         "manifest_version": MANIFEST_VERSION,
         "source": str(source),
         "config": config,
-        "input": "vessel map (fire_reg.imaging.vessel_map with config.preprocessing) as uint8, "
+        "input": "vessel map (fire_reg.imaging.vessels.vessel_map with config.preprocessing) as uint8, "
                  "255 = 1.0, 0 outside the aperture",
         "target": "2x3 float32, fixed-patch normalised coords -> moving-patch normalised coords",
         "info_columns": list(INFO_COLUMNS),

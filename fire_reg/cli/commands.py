@@ -5,13 +5,13 @@ Exit status: 0 success, 2 bad input (one line naming the file and the problem), 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
-import time
 from pathlib import Path
 
-from fire_reg.errors import InputError, exclusive_output, write_json, write_text
+from fire_reg.io.images import image_size
+from fire_reg.io.errors import InputError
+from fire_reg.io.output import exclusive_output
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,7 +112,7 @@ REGISTRAR_FLAGS = {"iterations": "--iterations", "refine width": "--refine-width
 
 
 def _registrar(args):
-    from fire_reg.registrar import Registrar
+    from fire_reg.register.registrar import Registrar
 
     try:
         return Registrar(args.model, iterations=args.iterations, refine=args.refine,
@@ -123,49 +123,8 @@ def _registrar(args):
         raise InputError(flag, str(error)) from None
 
 
-def _batch_pairs(source) -> tuple[list[tuple[str, Path, Path]], list[InputError]]:
-    """(id, fixed, moving) rows and bad rows from a CSV list (header fixed,moving[,id]; paths
-    relative to the CSV) or a FIRE-layout folder (control points not needed).
-
-    InputError when the list itself is unusable (missing, not a CSV, no header); a bad row
-    (missing column, duplicate or unsafe id) is returned as an InputError naming its line.
-    """
-    from fire_reg import fire
-
-    source = Path(source)
-    if source.is_dir():
-        return fire.image_pairs(source)
-    if not source.is_file():
-        raise InputError(source, "batch list not found")
-    try:
-        with open(source, newline="", encoding="utf-8-sig") as handle:  # Excel writes a BOM
-            reader = csv.DictReader(handle)
-            fields = set(reader.fieldnames or ())
-            rows = list(reader)
-    except PermissionError:
-        raise InputError(source, "permission denied") from None
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise InputError(source, f"not a text CSV file ({type(error).__name__})") from None
-    if not {"fixed", "moving"} <= fields:
-        raise InputError(source, "batch CSV needs a header line with columns fixed,moving[,id]")
-    pairs, problems, seen = [], [], set()
-    for line, row in enumerate(rows, start=2):
-        pair_id = (row.get("id") or "").strip() or f"pair{line - 1:04d}"
-        if not row.get("fixed") or not row.get("moving"):
-            problems.append(InputError(f"{source}:{line}", f"row {pair_id} needs both a fixed "
-                                                           "and a moving image"))
-        elif Path(pair_id).name != pair_id or pair_id in (".", "..") or pair_id in seen:
-            problems.append(InputError(f"{source}:{line}", f"pair id {pair_id!r} is not a plain "
-                                                           "folder name or appears twice"))
-        else:
-            pairs.append((pair_id, source.parent / row["fixed"], source.parent / row["moving"]))
-        seen.add(pair_id)
-    return pairs, problems
-
-
 def cmd_register(args) -> int:
-    from fire_reg import imaging
-    from fire_reg.result import write_files
+    from fire_reg.register.result import write_files
 
     if args.batch and (args.fixed or args.moving):
         raise InputError(args.batch, "give either FIXED MOVING or --batch, not both")
@@ -173,59 +132,22 @@ def cmd_register(args) -> int:
         if not (args.fixed and args.moving):
             raise InputError("register", "needs FIXED and MOVING images, or --batch LIST")
         for path in (args.fixed, args.moving):  # headers checked before the model loads
-            imaging.image_size(path)
+            image_size(path)
         registrar = _registrar(args)
         result = registrar.register_files(args.fixed, args.moving)
         write_files(args.out, result, args.fixed, args.moving)
         print(f"{result.status}: {result.reason}; {result.seconds:.2f} s; wrote {args.out}/"
               "transform.json, transform.tfm, warped.png, overlay.png")
         return 0
-    return _register_batch(args, write_files)
+    from fire_reg.cli.batch import register_batch
 
-
-def _register_batch(args, write_files) -> int:
-    """Register every usable row; bad rows are reported in batch.json and failures.csv and
-    make the exit status 2, but never stop the other rows."""
-    from tqdm.auto import tqdm
-
-    pairs, problems = _batch_pairs(args.batch)
-    failures = {str(p.path): p.problem for p in problems}
-    summary = {}
-    registrar = _registrar(args) if pairs else None
-    start = time.perf_counter()
-    for pair_id, fixed, moving in tqdm(pairs, desc="register", unit="pair"):
-        out = Path(args.out) / pair_id
-        try:
-            result = registrar.register_files(fixed, moving)
-            write_files(out, result, fixed, moving)
-        except InputError as error:
-            failures[pair_id] = str(error)
-            continue
-        summary[pair_id] = {"status": result.status, "reason": result.reason,
-                            "seconds": result.seconds,
-                            "estimated_error_px": result.estimated_error_px,
-                            "folder": str(out)}
-    elapsed = time.perf_counter() - start
-    write_json(Path(args.out) / "batch.json", {
-        "pairs": summary, "failures": failures, "seconds": elapsed,
-        "pairs_per_second": len(summary) / elapsed if summary else 0.0})
-    write_text(Path(args.out) / "failures.csv", "id,problem\n" + "".join(
-        f"{_csv_cell(pair_id)},{_csv_cell(problem)}\n" for pair_id, problem in failures.items()))
-    print(f"registered {len(summary)} pairs in {elapsed:.1f} s; {len(failures)} failed "
-          f"(listed in {args.out}/failures.csv); wrote {args.out}/batch.json")
-    if failures:
-        raise InputError(args.batch, f"{len(failures)} row(s) could not be registered "
-                                     f"(see {Path(args.out) / 'failures.csv'})")
-    return 0
-
-
-def _csv_cell(text: str) -> str:
-    return '"' + str(text).replace('"', '""') + '"'
+    return register_batch(args, _registrar)
 
 
 def cmd_evaluate(args) -> int:
-    from fire_reg import baselines, fire
-    from fire_reg.tester import Tester
+    from fire_reg.evaluate import baselines
+    from fire_reg.io import fire
+    from fire_reg.evaluate.tester import Tester
 
     problems = fire.verify_layout(args.fire)  # bad input fails before the model loads
     if len(problems) > 1:
@@ -257,7 +179,7 @@ def cmd_train(args) -> int:
     from dataclasses import replace
 
     from fire_reg.config import FieldError
-    from fire_reg.trainer import TrainConfig, Trainer
+    from fire_reg.learn.trainer import TrainConfig, Trainer
 
     if args.config:
         config = TrainConfig.load(args.config)
@@ -286,7 +208,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from fire_reg.trainer import export_model
+    from fire_reg.learn.trainer import export_model
 
     path = export_model(args.run, args.out, args.validation)
     print(f"wrote {path} and {path.with_suffix('.json')}")
@@ -295,7 +217,7 @@ def cmd_export(args) -> int:
 
 def cmd_prepare(args) -> int:
     from fire_reg.config import FieldError
-    from fire_reg.dataset_creator import DatasetCreator, PrepareConfig
+    from fire_reg.learn.dataset_creator import DatasetCreator, PrepareConfig
 
     try:
         config = PrepareConfig(patch_size=args.patch_size, per_pair=args.per_pair,
@@ -321,7 +243,7 @@ def _parse_per_image(text):
 
 def cmd_data(args) -> int:
     if args.data_command == "embedded":
-        from fire_reg.embedded import format_statistics, make_embedded_set
+        from fire_reg.data.embedded import format_statistics, make_embedded_set
 
         summary = make_embedded_set(args.out, images=args.images, seed=args.seed, size=args.size,
                                     select=tuple(args.select or ("*",)),
@@ -330,7 +252,7 @@ def cmd_data(args) -> int:
         print(f"wrote {len(summary['pairs'])} pairs ({summary['geometry']} geometry) to {args.out}")
         print(format_statistics(summary["statistics"]))
         return 0
-    from fire_reg import fire
+    from fire_reg.io import fire
 
     problems = fire.verify_layout(args.fire) if args.layout_only else fire.verify(args.fire)
     for problem in problems:
@@ -342,7 +264,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from fire_reg.demo import run_demo
+    from fire_reg.cli.demo import run_demo
 
     report = run_demo(args.out, model=args.model)
     print(f"report: {report}")

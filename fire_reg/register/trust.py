@@ -1,7 +1,7 @@
 """Trust: how far a registration is likely off, and a status built on evidence.
 
 The evidence is independent of what the optimisers maximised: a fresh set of local tile
-matches (:func:`fire_reg.refine.match_tiles`, normalised correlation of vessel-map tiles in a
+matches (:func:`fire_reg.register.fine.match_tiles`, normalised correlation of vessel-map tiles in a
 search window around where the transform puts them) between the fixed map and the moving map
 warped by the final transform. A robust quadratic through those matches says where the
 retina really is; its distance from the transform over the common field of view, combined with
@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fire_reg import geometry, refine, transforms
+from fire_reg.register.fine import FineOptions, fit_trimmed, heldout_residual, match_tiles, plausible_quadratic
+from fire_reg.register.maps import VesselMaps
+from fire_reg import geometry
+from fire_reg.geometry import transforms
 
 FIRE_WIDTH = 2912
 
@@ -52,7 +55,7 @@ class TrustOptions:
     max_anisotropy: float = 1.25
     max_shear: float = 0.15
     min_overlap: float = 0.05
-    fine: refine.FineOptions = field(default_factory=lambda: refine.FineOptions(step=24))
+    fine: FineOptions = field(default_factory=lambda: FineOptions(step=24))
 
 
 @dataclass
@@ -83,21 +86,21 @@ def shape_checks(matrix, options: TrustOptions) -> dict:
     return checks
 
 
-def evidence(maps: refine.VesselMaps, transform: transforms.Transform,
+def evidence(maps: VesselMaps, transform: transforms.Transform,
              options: TrustOptions) -> dict:
     """Fresh tile matches around ``transform`` (map px) and what they say: ``matches``,
     ``consensus`` (count agreeing with a robust quadratic), ``share``, ``departure_px``
     (median distance between that quadratic and ``transform`` over the common field of view)
     and ``heldout_px`` (k-fold residual), all in map px; None entries when too few matches."""
     unit = maps.width / options.fine.reference_width
-    matches = refine.match_tiles(maps, transform, options.radius, options.fine)
+    matches = match_tiles(maps, transform, options.radius, options.fine)
     found = {"matches": len(matches), "consensus": 0, "share": 0.0, "departure_px": None,
              "heldout_px": None}
     if len(matches) < options.min_consensus:
         return found
     domain = maps.common_points(transform)
     for model in ("quadratic", "homography", "affine"):
-        fitted, inliers = refine.fit_trimmed(model, matches, domain, options.fine, unit)
+        fitted, inliers = fit_trimmed(model, matches, domain, options.fine, unit)
         if fitted is not None:
             break
     if fitted is None:
@@ -109,11 +112,11 @@ def evidence(maps: refine.VesselMaps, transform: transforms.Transform,
         distance = np.linalg.norm(fitted.fixed_to_moving(domain)
                                   - transform.fixed_to_moving(domain), axis=1)
         found["departure_px"] = float(np.sqrt(np.mean(distance ** 2)))
-    found["heldout_px"] = refine.heldout_residual(model, inliers, options.fine.folds)
+    found["heldout_px"] = heldout_residual(model, inliers, options.fine.folds)
     return found
 
 
-def judge(maps: refine.VesselMaps, transform: transforms.Transform, fixed_size,
+def judge(maps: VesselMaps, transform: transforms.Transform, fixed_size,
           options: TrustOptions = TrustOptions()) -> Verdict:
     """The verdict on ``transform`` (working-map px, fixed -> moving) of a pair whose fixed
     image is ``fixed_size`` (W, H) px."""
@@ -122,7 +125,7 @@ def judge(maps: refine.VesselMaps, transform: transforms.Transform, fixed_size,
                                    geometry.grid_points(maps.fixed_size))
     checks = shape_checks(matrix, options)
     if transform.model == "quadratic":
-        problem = refine.plausible_quadratic(transform, domain, maps.width, options.fine.max_bend)
+        problem = plausible_quadratic(transform, domain, maps.width, options.fine.max_bend)
         checks["quadratic"] = {"value": problem or "monotonic, no fold-over", "ok": problem is None}
     overlap = maps.overlap(transform)
     checks["overlap"] = {"value": overlap, "ok": overlap >= options.min_overlap}

@@ -1,6 +1,6 @@
 """FIRE evaluation protocol (matrix conventions: :mod:`fire_reg.geometry`).
 
-* Transforms map **fixed px -> moving px** (:mod:`fire_reg.transforms`; a 2x3 matrix is an
+* Transforms map **fixed px -> moving px** (:mod:`fire_reg.geometry.transforms`; a 2x3 matrix is an
   affine). A pair's control points are (N, 2) arrays of (x, y): ``fixed_pts`` in the fixed
   image (FIRE ``_1``), ``moving_pts`` in the moving one (``_2``). The moving points are
   brought into the fixed frame with the transform's ``moving_to_fixed`` (``M^-1`` for an
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fire_reg import transforms
-from fire_reg.fire import CATEGORIES
+from fire_reg.geometry import transforms
+from fire_reg.io.fire import CATEGORIES
 
 THRESHOLDS = np.arange(251) / 10.0  # 0.0, 0.1, ..., 25.0 px
 FAILURE_PX = 25.0
@@ -31,16 +31,9 @@ INACCURATE_MAX_PX = 50.0
 INACCURATE_MEDIAN_PX = 20.0
 
 
-def pair_error(transform, fixed_pts, moving_pts) -> np.ndarray:
-    """Per-point distances (px, fixed frame) between the moving points mapped by the
-    transform's ``moving_to_fixed`` (``M^-1`` for a 2x3 matrix) and ``fixed_pts``."""
-    mapped = transforms.as_transform(transform).moving_to_fixed(moving_pts)
-    return np.linalg.norm(mapped - np.asarray(fixed_pts, dtype=np.float64).reshape(-1, 2), axis=1)
-
-
 def fire_error(transform, fixed_pts, moving_pts, scale: float = 1.0) -> float:
     """Mean control-point error of a pair (px) times ``scale`` (2912 / W for FIRE-equivalent)."""
-    return float(pair_error(transform, fixed_pts, moving_pts).mean() * scale)
+    return float(transforms.control_point_errors(transform, fixed_pts, moving_pts).mean() * scale)
 
 
 def success_curve(errors, thresholds=THRESHOLDS) -> np.ndarray:

@@ -30,10 +30,16 @@ from abc import ABC, abstractmethod
 import cv2
 import numpy as np
 
-from fire_reg import geometry, imaging
+from fire_reg import geometry
 
 MODELS = ("affine", "homography", "quadratic")
 MIN_POINTS = {"affine": 3, "homography": 4, "quadratic": 6}
+
+
+def model_names() -> tuple[str, ...]:
+    """The registered transform models, simplest first (what the fine stage falls back along,
+    what ``--transform`` offers)."""
+    return MODELS
 
 
 def _points(points) -> np.ndarray:
@@ -140,7 +146,7 @@ class Affine(Transform):
         return self.matrix.copy()
 
     def warp(self, moving, fixed_size, border_value: float = 0.0) -> np.ndarray:
-        return imaging.resample(moving, self.matrix, fixed_size, border_value)
+        return geometry.resample(moving, self.matrix, fixed_size, border_value)
 
 
 class Homography(Transform):
@@ -312,6 +318,14 @@ def fit_transform(model: str, fixed_pts, moving_pts, domain=None, weights=None) 
         xs, ys = np.meshgrid(np.linspace(low[0], high[0], 20), np.linspace(low[1], high[1], 20))
         domain = np.stack([xs.ravel(), ys.ravel()], axis=1)
     return Quadratic.from_forward(_fit_quadratic(fixed_pts, moving_pts, weights), domain)
+
+
+def control_point_errors(transform, fixed_pts, moving_pts) -> np.ndarray:
+    """Per-point distances (px, fixed frame) between the moving points mapped by the
+    transform's ``moving_to_fixed`` (``M^-1`` for a 2x3 matrix) and ``fixed_pts``: the FIRE
+    error of each control point."""
+    mapped = as_transform(transform).moving_to_fixed(moving_pts)
+    return np.linalg.norm(mapped - _points(fixed_pts), axis=1)
 
 
 def as_transform(value) -> Transform:

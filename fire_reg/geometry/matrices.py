@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
+
 import numpy as np
 
 PARAM_NAMES = ("tx", "ty", "theta", "sx", "sy", "shear")
@@ -241,3 +243,24 @@ def normalized_grid(count: int = 5, extent: float = 0.8) -> np.ndarray:
 def mean_point_distance(matrix_a, matrix_b, points) -> float:
     """Mean distance (px) between points mapped by two matrices: a transform-level error."""
     return float(np.linalg.norm(apply(matrix_a, points) - apply(matrix_b, points), axis=1).mean())
+
+
+PYRDOWN_STEP = np.array([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]])
+"""Pixel map of one ``cv2.pyrDown`` level: x_small = x / 2 (pyrDown keeps the even pixels)."""
+def resample(image: np.ndarray, matrix_out_to_in, out_size,
+             border_value: float = 0.0) -> np.ndarray:
+    """Sample ``image`` at ``matrix_out_to_in @ p`` for each output pixel p (bilinear).
+
+    ``out_size`` is (W, H). When the map shrinks the image by 2x or more, the input is first
+    reduced with ``cv2.pyrDown`` (and the matrix adjusted) to avoid aliasing.
+    """
+    matrix = np.asarray(matrix_out_to_in, dtype=np.float64)[:2]
+    image = np.ascontiguousarray(image)
+    shrink = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
+    while shrink >= 2.0 and min(image.shape[:2]) >= 8:
+        image = cv2.pyrDown(image)  # output pixel i is centred on input pixel 2i
+        matrix = compose(PYRDOWN_STEP, matrix)
+        shrink /= 2.0
+    return cv2.warpAffine(image, matrix, tuple(int(v) for v in out_size),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)

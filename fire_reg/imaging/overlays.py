@@ -1,22 +1,21 @@
-"""Overlays and plots of registrations (conventions: :mod:`fire_reg.geometry`).
+"""Overlay pictures of a registration, drawn with OpenCV (conventions: :mod:`fire_reg.geometry`).
 
-Images are OpenCV arrays (BGR uint8, or gray). Transforms (:mod:`fire_reg.transforms`, or a
-2x3 matrix M) map **fixed px -> moving px**; :func:`warp_to_fixed` brings the moving image
+Images are OpenCV arrays (BGR uint8, or gray). Transforms (:mod:`fire_reg.geometry.transforms`,
+or a 2x3 matrix M) map **fixed px -> moving px**; :func:`warp_to_fixed` brings the moving image
 into the fixed frame, and control points move the other way (a moving point q lies at
 ``moving_to_fixed(q)``, ``M^-1 q`` for a matrix, in the fixed frame). Comparison images
 (checkerboard, blends, differences) take two images of the same size: the fixed one and the
-warped moving one. The overlay panel is drawn with OpenCV (fast: it is written for every
-registration); the plots with matplotlib's Agg canvas (``matplotlib.figure.Figure``, no pyplot
-state, no display needed, imported only when a plot is drawn). Every writer saves atomically
-through :func:`fire_reg.errors.atomic_path` (the temporary name keeps the ``.png`` suffix).
+warped moving one. The overlay panel is written for every registration, atomically.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from fire_reg import geometry, imaging, metrics, transforms
-from fire_reg.errors import atomic_path
+from fire_reg import geometry
+from fire_reg.geometry import transforms
+from fire_reg.imaging import vessels
+from fire_reg.io.output import atomic_path
 
 DISPLAY_PX = 384  # longest side (px) of the images drawn in a panel figure
 
@@ -27,7 +26,7 @@ def _bgr(image: np.ndarray) -> np.ndarray:
 
 def _stretched_green(image: np.ndarray) -> np.ndarray:
     """Green channel stretched to the full 0..255 range (uint8)."""
-    return cv2.normalize(np.ascontiguousarray(imaging.green(image)), None, 0, 255,
+    return cv2.normalize(np.ascontiguousarray(vessels.green(image)), None, 0, 255,
                          cv2.NORM_MINMAX, cv2.CV_8U)
 
 
@@ -36,7 +35,7 @@ def warp_to_fixed(moving: np.ndarray, transform, fixed_size) -> np.ndarray:
 
     Output pixel p reads the moving image at ``fixed_to_moving(p)`` (bilinear, black outside;
     for a 2x3 matrix M: ``cv2.warpAffine(moving, M, (W, H), flags=INTER_LINEAR |
-    WARP_INVERSE_MAP)``); see :meth:`fire_reg.transforms.Transform.warp`.
+    WARP_INVERSE_MAP)``); see :meth:`fire_reg.geometry.transforms.Transform.warp`.
     """
     return transforms.as_transform(transform).warp(moving, fixed_size)
 
@@ -72,20 +71,8 @@ def alpha_blend(fixed: np.ndarray, warped: np.ndarray, alpha: float = 0.5) -> np
 
 def abs_difference(fixed: np.ndarray, warped: np.ndarray) -> np.ndarray:
     """|fixed - warped| of the green channels (uint8, H x W); dark where aligned."""
-    return cv2.absdiff(np.ascontiguousarray(imaging.green(fixed)),
-                       np.ascontiguousarray(imaging.green(warped)))
-
-
-def _figure(**kwargs):
-    """A matplotlib Figure on the Agg canvas (imported here: the overlay path needs none)."""
-    from matplotlib.figure import Figure
-
-    return Figure(**kwargs)
-
-
-def _save(figure, path) -> None:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=100)
+    return cv2.absdiff(np.ascontiguousarray(vessels.green(fixed)),
+                       np.ascontiguousarray(vessels.green(warped)))
 
 
 TITLE_PX = 26  # height of the caption bar above each panel of the overlay
@@ -120,7 +107,7 @@ def save_overlay_panel(path, fixed: np.ndarray, moving: np.ndarray, transform,
     """One PNG (drawn with OpenCV): before / after magenta-green, checkerboard, |difference|
     and, with control points, their errors before (identity) and after (the transform's
     ``moving_to_fixed`` on the moving points). ``transform``: a
-    :class:`fire_reg.transforms.Transform` or a 2x3 matrix, fixed px -> moving px.
+    :class:`fire_reg.geometry.transforms.Transform` or a 2x3 matrix, fixed px -> moving px.
 
     Images are shown at most :data:`DISPLAY_PX` px on their longest side (the moving image is
     resampled straight to that grid); point errors in the captions are mean distances in px
@@ -143,7 +130,7 @@ def save_overlay_panel(path, fixed: np.ndarray, moving: np.ndarray, transform,
         for row, name, used in ((top, "points before", transforms.Affine(geometry.identity())),
                                 (bottom, "points after", transform)):
             moved = used.moving_to_fixed(moving_pts)
-            error = metrics.fire_error(used, fixed_pts, moving_pts)
+            error = float(transforms.control_point_errors(used, fixed_pts, moving_pts).mean())
             row.append((f"{name}: mean error {error:.2f} px",
                         _points_image(fixed_small, fixed_pts, moved, to_display)))
     rows = [np.hstack([_panel(image, caption, shown) for caption, image in row])
@@ -154,94 +141,3 @@ def save_overlay_panel(path, fixed: np.ndarray, moving: np.ndarray, transform,
     with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), np.vstack([header, *rows])):
             raise OSError(f"could not write {path}")
-
-
-def save_success_curves(path, errors_by_method: dict, categories: dict) -> None:
-    """Success rate vs threshold (0..25 px), one panel per category present (S, P, A) plus
-    all pairs, one line per method with its AUC in the legend.
-
-    ``errors_by_method``: method -> {pair id -> error px}; ``categories``: id -> category.
-    """
-    groups = [c for c in metrics.CATEGORIES if c in set(categories.values())] + ["all"]
-    figure = _figure(figsize=(4 * len(groups), 3.6))
-    for ax, group in zip(figure.subplots(1, len(groups), squeeze=False).ravel(), groups):
-        for method, errors in errors_by_method.items():
-            chosen = [e for i, e in errors.items() if group == "all" or categories.get(i) == group]
-            if chosen:
-                ax.plot(metrics.THRESHOLDS, metrics.success_curve(chosen),
-                        label=f"{method} (AUC {metrics.auc(chosen):.3f})")
-        ax.set(title=f"{group}", xlabel="threshold (px)", ylabel="success rate",
-               xlim=(0, metrics.THRESHOLDS[-1]), ylim=(0, 1.02))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-    figure.tight_layout()
-    _save(figure, path)
-
-
-def save_error_boxplot(path, errors_by_method: dict) -> None:
-    """Box plot of the finite pair errors (px, symlog axis) per method; dashed line at 25 px.
-
-    ``errors_by_method``: method -> {pair id -> error px}.
-    """
-    names = list(errors_by_method)
-    values = [[e for e in errors_by_method[n].values() if np.isfinite(e)] for n in names]
-    figure = _figure(figsize=(max(4.0, 1.2 * len(names) + 2), 4))
-    ax = figure.subplots()
-    ax.boxplot(values)
-    ax.set_xticks(range(1, len(names) + 1), names)
-    ax.axhline(metrics.FAILURE_PX, color="red", linestyle="--", linewidth=1)
-    ax.set_yscale("symlog", linthresh=1.0)
-    ax.set_ylim(bottom=0)
-    ax.set(ylabel="registration error (px)")
-    ax.grid(alpha=0.3, axis="y")
-    figure.tight_layout()
-    _save(figure, path)
-
-
-def save_training_curves(path, history: dict) -> None:
-    """Every ``*loss`` series of a Keras-style ``history`` (name -> per-epoch values, e.g.
-    loss and val_loss) against the epoch (1-based), log y-axis."""
-    figure = _figure(figsize=(6, 4))
-    ax = figure.subplots()
-    for name, values in history.items():
-        if name.endswith("loss"):
-            ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=name)
-    ax.set_yscale("log")
-    ax.set(xlabel="epoch", ylabel="loss")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    figure.tight_layout()
-    _save(figure, path)
-
-
-def save_trust_scatter(path, rows_by_method: dict) -> None:
-    """Estimated against true error (FIRE-equivalent px, log axes), one panel per method,
-    points coloured by status; the band where the estimate is within a factor of 2 (or 2 px)
-    of the truth is shaded and the 25 px lines are dashed.
-
-    ``rows_by_method``: method -> [(estimated or None, true, status)]; missing estimates are
-    drawn at the bottom edge.
-    """
-    names = list(rows_by_method) or ["(no estimates)"]
-    figure = _figure(figsize=(4.2 * len(names), 4))
-    colours = {"ok": "tab:green", "suspect": "tab:orange", "failed": "tab:red"}
-    for ax, name in zip(figure.subplots(1, len(names), squeeze=False).ravel(), names):
-        rows = rows_by_method.get(name, [])
-        truth = np.array([max(row[1], 0.05) for row in rows])
-        estimate = np.array([0.05 if row[0] is None else max(row[0], 0.05) for row in rows])
-        grid = np.geomspace(0.05, 2000, 200)
-        ax.fill_between(grid, np.maximum(grid / 2, grid - 2).clip(0.05), np.maximum(grid * 2, grid + 2),
-                        color="0.9", label="within x2 or 2 px")
-        for status, colour in colours.items():
-            chosen = [i for i, row in enumerate(rows) if row[2] == status]
-            if chosen:
-                ax.scatter(truth[chosen], estimate[chosen], s=14, color=colour, label=status)
-        ax.axvline(metrics.FAILURE_PX, color="red", linestyle="--", linewidth=1)
-        ax.axhline(metrics.FAILURE_PX, color="red", linestyle="--", linewidth=1)
-        ax.set(xscale="log", yscale="log", xlim=(0.05, 2000), ylim=(0.05, 2000),
-               xlabel="true error (FIRE-equivalent px)", ylabel="estimated error (FIRE-eq. px)",
-               title=name)
-        ax.legend(fontsize=7, loc="upper left")
-        ax.grid(alpha=0.3)
-    figure.tight_layout()
-    _save(figure, path)

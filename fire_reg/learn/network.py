@@ -26,7 +26,7 @@ import numpy as np
 from keras import layers, ops
 
 from fire_reg import geometry
-from fire_reg.bundle import MODEL_NAME, SETTINGS_LAYER, ModelSettings
+from fire_reg.learn.bundle import MODEL_NAME, ModelSettings, SETTINGS_LAYER
 from fire_reg.config import NetworkConfig
 
 
@@ -208,9 +208,9 @@ class BilinearWarp(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="fire_reg")
 class SettingsLayer(layers.Layer):
-    """Identity whose config carries the model's settings (:class:`fire_reg.bundle.ModelSettings`
+    """Identity whose config carries the model's settings (:class:`fire_reg.learn.bundle.ModelSettings`
     as JSON), so that every saved ``.keras`` file says how to apply it; read them with
-    :func:`fire_reg.bundle.load_model`."""
+    :func:`fire_reg.learn.bundle.load_model`."""
 
     def __init__(self, settings: dict, **kwargs):
         super().__init__(**kwargs)

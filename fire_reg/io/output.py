@@ -1,9 +1,7 @@
-"""Errors and atomic file output shared by every stage.
+"""Atomic file output and output folders held by one run.
 
-``InputError`` is the one exception the command line turns into a one-line message and
-exit status 2; every stage raises it for bad input, naming the file and the problem.
-Outputs are written to a temporary name in the same folder and renamed when complete, so
-an interrupted run never leaves a half-written file behind.
+Outputs are written to a temporary name in the same folder and renamed when complete, so an
+interrupted run never leaves a half-written file behind.
 """
 from __future__ import annotations
 
@@ -15,15 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-
-class InputError(Exception):
-    """Bad user input: missing, corrupt or malformed file, wrong size, unreadable model."""
-
-    def __init__(self, path, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
-
+from fire_reg.io.errors import InputError
 
 @contextlib.contextmanager
 def atomic_path(final_path, suffix: str | None = None) -> Iterator[Path]:

@@ -7,7 +7,7 @@ Physical setting (both geometries)
 ----------------------------------
 A fundus camera's circular aperture is fixed in its frame; between two photographs the retina
 moves behind it. From one source photograph (first resized to ``size`` px wide if given):
-``aperture`` = :func:`fire_reg.imaging.fov_mask` of the source is the aperture of every output
+``aperture`` = :func:`fire_reg.imaging.vessels.fov_mask` of the source is the aperture of every output
 frame (which has the size of the resized source). Each view (fixed f, moving m) samples the
 source: ``view_k(p) = source(S_k(p))`` with a map ``S_k`` (output px -> source px). Pixels
 outside the aperture, or that would come from outside the source's own field of view, are
@@ -131,9 +131,12 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from fire_reg import geometry, imaging
-from fire_reg.fire import CATEGORIES, FIRE_WIDTH, read_control_points
-from fire_reg.errors import InputError, atomic_path, write_json, write_text
+from fire_reg import geometry
+from fire_reg.imaging.vessels import fov_mask, resize_to_width, vessel_map
+from fire_reg.io.images import IMAGE_SUFFIXES, image_size, read_image
+from fire_reg.io.fire import CATEGORIES, FIRE_WIDTH, read_control_points
+from fire_reg.io.errors import InputError
+from fire_reg.io.output import atomic_path, write_json, write_text
 
 DEFAULT_SINGLE = {"S": 6, "P": 4, "A": 2}
 DEFAULT_FOLDER = {"S": 2, "P": 2, "A": 1}
@@ -204,7 +207,7 @@ def make_embedded_set(out_dir, images=None, pairs_per_image=None, categories=Non
                       size=None, progress=True, select=("*",), geometry="sphere") -> dict:
     """Write a FIRE-layout set of pairs with known ground truth; returns the summary.
 
-    ``images``: a folder of photographs (suffixes :data:`fire_reg.imaging.IMAGE_SUFFIXES`);
+    ``images``: a folder of photographs (suffixes :data:`fire_reg.io.images.IMAGE_SUFFIXES`);
     default ``skimage.data.retina()``. ``categories``: pairs per category per source image
     (default ``{"S": 6, "P": 4, "A": 2}`` for the default image, ``{"S": 2, "P": 2, "A": 1}``
     for a folder); ``select``: glob patterns of the folder's file names to use (e.g. to keep
@@ -255,11 +258,11 @@ def make_embedded_set(out_dir, images=None, pairs_per_image=None, categories=Non
                     points[pair_id] = (category, written, FIRE_WIDTH / record["size"][0])
                     bar.update()
     summary = {
-        "generator": "fire_reg.embedded", "geometry": geometry_name, "seed": seed, "size": size,
+        "generator": "fire_reg.data.embedded", "geometry": geometry_name, "seed": seed, "size": size,
         "categories_per_image": counts, "convention": {
             "matrix": "fixed_xy_to_moving_xy", "units": "pixels",
             "pixel_centres": "(0, 0) is the centre of the top-left pixel",
-            "exact_map": "fire_reg.embedded.exact_map(record, points): fixed px -> moving px",
+            "exact_map": "fire_reg.data.embedded.exact_map(record, points): fixed px -> moving px",
             **({"views": "output_xy_to_source_xy in original source pixels",
                 "matrix_is": "the exact map (category A: before the non-rigid field)"}
                if geometry_name == "affine" else
@@ -316,13 +319,13 @@ def _image_paths(folder, select=("*",)) -> list[Path]:
     if not folder.is_dir():
         raise InputError(folder, "images folder not found")
     paths = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.suffix.lower() in imaging.IMAGE_SUFFIXES
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                    and any(fnmatch.fnmatch(p.name, pattern) for pattern in select))
     if not paths:
-        raise InputError(folder, f"no images ({', '.join(imaging.IMAGE_SUFFIXES)}) matching "
+        raise InputError(folder, f"no images ({', '.join(IMAGE_SUFFIXES)}) matching "
                                  f"{', '.join(select)} in folder")
     for path in paths:
-        imaging.image_size(path)  # header check: fail before writing anything
+        image_size(path)  # header check: fail before writing anything
     return paths
 
 
@@ -356,12 +359,12 @@ def _load_source(path, index, size) -> _Source:
         image, name = cv2.cvtColor(data.retina(), cv2.COLOR_RGB2BGR), DEFAULT_SOURCE_NAME
         mask_file = "Masks/mask.png"
     else:
-        image, name = imaging.read_image(path), Path(path).name
+        image, name = read_image(path), Path(path).name
         mask_file = f"Masks/aperture_{name}.png"
     height, width = image.shape[:2]
     if size is not None:
-        image, _ = imaging.resize_to_width(image, int(size))
-    aperture = imaging.fov_mask(image)
+        image, _ = resize_to_width(image, int(size))
+    aperture = fov_mask(image)
     if aperture.mean() < 0.05:
         raise InputError(path or name, "no camera aperture (bright field of view) found")
     inside = _shrink(aperture, 0.005 * image.shape[1])
@@ -745,7 +748,7 @@ def _summarise(points: dict, label: str) -> dict:
 def set_statistics(fire_dir) -> dict:
     """Statistics (:func:`_summarise`) of a FIRE-layout folder's control points, in
     FIRE-equivalent px (the width of each pair's fixed image from its file header)."""
-    from fire_reg.fire import FireDataset
+    from fire_reg.io.fire import FireDataset
 
     dataset = FireDataset(fire_dir)
     points = {}
@@ -865,8 +868,8 @@ def _render(source: _Source, view, field=None) -> tuple[np.ndarray, np.ndarray]:
     if field is not None:
         grid = np.indices((height, width), dtype=np.float32)[::-1].transpose(1, 2, 0)
         return _sample_source(source, cv2.transform(grid + field, view))  # q -> T (q + d(q))
-    image = imaging.resample(source.image, view, (width, height))
-    inside = imaging.resample(source.inside, view, (width, height))
+    image = geometry.resample(source.image, view, (width, height))
+    inside = geometry.resample(source.inside, view, (width, height))
     valid = (inside > 0) & source.aperture
     return image * valid[..., None], valid
 
@@ -991,13 +994,13 @@ class _TooFewVessels(Exception):
 def _control_points(fixed, fixed_valid, moving_valid, mapping, rng) -> np.ndarray:
     """POINTS_PER_PAIR fixed points (N, 2) on vessels, inside both views, spread out.
 
-    Candidates: the strongest 10% of :func:`fire_reg.imaging.vessel_map` of the fixed image
+    Candidates: the strongest 10% of :func:`fire_reg.imaging.vessels.vessel_map` of the fixed image
     among pixels at least POINT_MARGIN x width inside both views' retina (moving side through
     ``mapping``, (N, 2) fixed px -> moving px); then farthest-point sampling from a random start.
     """
     margin = POINT_MARGIN * fixed.shape[1]
     fixed_ok, moving_ok = _shrink(fixed_valid, margin), _shrink(moving_valid, margin)
-    vessels, _, scale = imaging.vessel_map(fixed, fixed_valid)
+    vessels, _, scale = vessel_map(fixed, fixed_valid)
     ys, xs = np.nonzero(vessels > 0)
     points = (np.stack([xs, ys], axis=1) + 0.5) / np.asarray(scale) - 0.5
     keep = _lookup(fixed_ok, points) & _lookup(moving_ok, mapping(points))

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fire_reg.embedded import make_embedded_set
-from fire_reg.registrar import Registrar
-from fire_reg.tester import Tester
+from fire_reg.data.embedded import make_embedded_set
+from fire_reg.register.registrar import Registrar
+from fire_reg.evaluate.tester import Tester
 
 
 def run_demo(out_dir, model=None, baselines=("sift", "sift-homography", "orb", "ecc")) -> Path:
     """Run the three stages; returns the path of the Markdown report."""
-    from fire_reg import baselines as classic
-    from fire_reg.fire import FireDataset
-    from fire_reg.result import write_files
+    from fire_reg.evaluate import baselines as classic
+    from fire_reg.io.fire import FireDataset
+    from fire_reg.register.result import write_files
 
     out_dir = Path(out_dir)
     fire_dir = out_dir / "fire_embedded"

@@ -2,7 +2,7 @@
 
 A sample is (fixed patch, moving patch, target) at ``patch_size`` x ``patch_size``:
 
-* the patches are :func:`fire_reg.imaging.vessel_map` inputs (uint8, 0..255 for 0..1),
+* the patches are :func:`fire_reg.imaging.vessels.vessel_map` inputs (uint8, 0..255 for 0..1),
   letterboxed from the whole image (optionally zoomed on a random region, the same crop for
   both images, so the camera aperture stays where it is in each frame);
 * the target is the 2x3 matrix mapping **fixed-patch normalised coordinates to
@@ -14,7 +14,7 @@ target while its aperture stays put: the pair's own ground truth is absorbed, so
 differences of the real pair are kept and any motion can be taught. With ``augment`` off the
 target is the pair's real motion.
 
-The output folder is in the shard format of :mod:`fire_reg.shards` (written through it). A
+The output folder is in the shard format of :mod:`fire_reg.learn.shards` (written through it). A
 re-run with the same configuration skips complete shards, so an interrupted run is finished by
 running it again.
 """
@@ -28,10 +28,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from fire_reg import geometry, imaging, shards
+from fire_reg import geometry
+from fire_reg.imaging.vessels import VesselMapSettings, vessel_map
+from fire_reg.io.images import axis_scales, decode_reduction
+from fire_reg.learn import shards
 from fire_reg.config import Config, FieldError, NetworkConfig
-from fire_reg.errors import InputError, write_json
-from fire_reg.fire import FireDataset
+from fire_reg.io.errors import InputError
+from fire_reg.io.output import write_json
+from fire_reg.io.fire import FireDataset
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ class PrepareConfig(Config):
     shard_size: int = 1024
     max_zoom: float = 1.4
     motion: MotionRange = field(default_factory=MotionRange)
-    preprocessing: imaging.VesselMapSettings = field(default_factory=imaging.VesselMapSettings)
+    preprocessing: VesselMapSettings = field(default_factory=VesselMapSettings)
 
     def __post_init__(self):
         self._integer("patch_size")
@@ -104,7 +108,7 @@ class PrepareConfig(Config):
         self._integer("shard_size", low=1)
         self._number("max_zoom", low=1)
         self._nested("motion", MotionRange)
-        self._nested("preprocessing", imaging.VesselMapSettings)
+        self._nested("preprocessing", VesselMapSettings)
 
 
 class DatasetCreator:
@@ -172,14 +176,14 @@ class DatasetCreator:
             maps = []
             for which in ("fixed", "moving"):
                 settings = self.config.preprocessing
-                image = pair.image(which, reduce=imaging.decode_reduction(pair.size(which)[0],
+                image = pair.image(which, reduce=decode_reduction(pair.size(which)[0],
                                                                           settings.work_width))
-                vessels, mask, _ = imaging.vessel_map(image, settings=settings)
+                vessels, mask, _ = vessel_map(image, settings=settings)
                 maps.append((vessels, mask.astype(np.float32)))
             truth_px, _ = pair.ground_truth()
             (fixed_map, _), (moving_map, _) = maps
-            fixed_scale = imaging.axis_scales(pair.size("fixed")[::-1], fixed_map.shape)
-            moving_scale = imaging.axis_scales(pair.size("moving")[::-1], moving_map.shape)
+            fixed_scale = axis_scales(pair.size("fixed")[::-1], fixed_map.shape)
+            moving_scale = axis_scales(pair.size("moving")[::-1], moving_map.shape)
             truth = geometry.rescale(truth_px, fixed_scale, moving_scale)
             cache[pair_index] = (maps, truth)
         return cache[pair_index]
@@ -215,9 +219,9 @@ class DatasetCreator:
                 geometry.normalized_from_pixel(real_px, (size, size), (size, size)))
             content = moving_frame
         out = (size, size)
-        fixed = imaging.resample(fixed_pair[0], fixed_from_patch, out)
-        moving = imaging.resample(moving_pair[0], content, out)
-        moving *= imaging.resample(moving_pair[1], moving_frame, out) > 0.5
+        fixed = geometry.resample(fixed_pair[0], fixed_from_patch, out)
+        moving = geometry.resample(moving_pair[0], content, out)
+        moving *= geometry.resample(moving_pair[1], moving_frame, out) > 0.5
         target = geometry.normalized_from_pixel(target_px, out, out)
         magnitude = geometry.mean_point_distance(target, geometry.identity(),
                                                  geometry.normalized_grid())

@@ -1,10 +1,10 @@
 """Classic registration baselines: SIFT / ORB + RANSAC, SIFT + RANSAC homography, ECC, identity.
 
-Each baseline is a *method* (:mod:`fire_reg.result`): ``name``, ``decode_width`` and
+Each baseline is a *method* (:mod:`fire_reg.register.result`): ``name``, ``decode_width`` and
 ``register(fixed_bgr, moving_bgr, fixed_mask=None, moving_mask=None) -> Registration``, the
 same result type as the learned Registrar's. Its transform maps **fixed-image px to
-moving-image px** of the images given (conventions in :mod:`fire_reg.transforms`). Masks are
-boolean or uint8 field-of-view masks; without one, :func:`fire_reg.imaging.fov_mask` finds the
+moving-image px** of the images given (conventions in :mod:`fire_reg.geometry.transforms`). Masks are
+boolean or uint8 field-of-view masks; without one, :func:`fire_reg.imaging.vessels.fov_mask` finds the
 aperture.
 
 A registration that cannot be trusted (too few matches, RANSAC without a model, ECC that does
@@ -17,7 +17,7 @@ has ``status="failed"``, the identity and a reason; OpenCV errors never escape.
   view; Lowe ratio test 0.8; ``cv2.estimateAffine2D(fixed_pts, moving_pts)`` with RANSAC at a
   3 px reprojection threshold (working pixels); at least 6 inliers.
 * ``sift-homography``: the same SIFT matches, ``cv2.findHomography`` with RANSAC (3 px).
-* ``ecc``: :func:`fire_reg.refine.ecc_on_maps` from the identity on vessel maps at 512 px,
+* ``ecc``: :func:`fire_reg.register.ecc.ecc_on_maps` from the identity on vessel maps at 512 px,
   coarse to fine over a 3-level pyramid.
 * ``identity``: the identity (the floor every report shows).
 """
@@ -30,8 +30,13 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from fire_reg import geometry, imaging, refine, transforms
-from fire_reg.result import Registration, failed, register_files
+from fire_reg.io.images import axis_scales
+from fire_reg.imaging.vessels import VesselMapSettings, fov_mask, green, resize_to_width
+from fire_reg.register.ecc import ecc_on_maps
+from fire_reg.register.maps import VesselMaps
+from fire_reg import geometry
+from fire_reg.geometry import transforms
+from fire_reg.register.result import Registration, failed, register_files
 
 FEATURE_WIDTH = 1024   # working width (px) of the keypoint methods
 ECC_WIDTH = 512        # working width (px) of ECC at its finest level
@@ -58,7 +63,7 @@ def _checked(transform: transforms.Transform, reason: str, fixed, moving) -> Reg
 
 def _small_mask(image, mask, size, erode_px: int) -> np.ndarray:
     """Field-of-view mask (uint8 0/255) resized to ``size`` (W, H) and eroded by ``erode_px``."""
-    mask = imaging.fov_mask(image) if mask is None else np.asarray(mask) > 0
+    mask = fov_mask(image) if mask is None else np.asarray(mask) > 0
     small = cv2.resize(mask.astype(np.uint8) * 255, size, interpolation=cv2.INTER_NEAREST)
     if erode_px > 0:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * erode_px + 1,) * 2)
@@ -68,11 +73,11 @@ def _small_mask(image, mask, size, erode_px: int) -> np.ndarray:
 
 def _feature_input(image, mask, width: int):
     """CLAHE-equalised green channel at ``min(width, W)`` px, its eroded mask, (sx, sy)."""
-    gray, _ = imaging.resize_to_width(imaging.green(image), min(width, image.shape[1]))
+    gray, _ = resize_to_width(green(image), min(width, image.shape[1]))
     gray = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(np.ascontiguousarray(gray))
     small_mask = _small_mask(image, mask, (gray.shape[1], gray.shape[0]),
                              erode_px=max(2, gray.shape[1] // 100))
-    return gray, small_mask, imaging.axis_scales(image.shape, gray.shape)
+    return gray, small_mask, axis_scales(image.shape, gray.shape)
 
 
 def _feature_matches(detector, norm: int, fixed, moving, fixed_mask, moving_mask):
@@ -122,11 +127,11 @@ def _keypoint_method(detector_factory, norm: int, model: str):
 
 def _ecc(fixed, moving, fixed_mask=None, moving_mask=None) -> Registration:
     """Affine ECC from the identity on vessel maps at :data:`ECC_WIDTH` px."""
-    maps = refine.VesselMaps.of(fixed, moving, imaging.VesselMapSettings(work_width=ECC_WIDTH),
+    maps = VesselMaps.of(fixed, moving, VesselMapSettings(work_width=ECC_WIDTH),
                                 None if fixed_mask is None else np.asarray(fixed_mask) > 0,
                                 None if moving_mask is None else np.asarray(moving_mask) > 0)
     start = geometry.rescale(geometry.identity(), maps.fixed_scale, maps.moving_scale)
-    outcome = refine.ecc_on_maps(maps, start)
+    outcome = ecc_on_maps(maps, start)
     if outcome.matrix is None:
         raise _Failure(outcome.reason)
     return _checked(maps.to_full(transforms.Affine(outcome.matrix)), outcome.reason, fixed, moving)
@@ -138,7 +143,7 @@ def _identity(fixed, moving, fixed_mask=None, moving_mask=None) -> Registration:
 
 @dataclass(frozen=True)
 class Baseline:
-    """A classic method with the method interface of :mod:`fire_reg.result`."""
+    """A classic method with the method interface of :mod:`fire_reg.register.result`."""
 
     name: str
     function: Callable

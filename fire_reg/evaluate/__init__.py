@@ -1,0 +1,1 @@
+"""The evaluation path: the FIRE metric, classic baselines, the Tester and its plots."""

@@ -1,0 +1,22 @@
+"""Geometry: the pixel and matrix conventions and the transform models.
+
+* :mod:`fire_reg.geometry.matrices`: 2x3 affine matrices (fit, compose, invert, rescale,
+  letterbox, normalised <-> pixel, parameters), re-exported here as ``geometry.<name>``.
+* :mod:`fire_reg.geometry.transforms`: the transform models (affine, homography, quadratic).
+
+Everything maps **fixed-image px -> moving-image px**; (x, y) with x right, y down and (0, 0)
+the centre of the top-left pixel.
+"""
+from fire_reg.geometry.matrices import (
+    AffineParams, PARAM_NAMES, PYRDOWN_STEP, about_center, apply, as_3x3, compose, fit_affine,
+    fit_similarity, grid_points, identity, invert, letterbox, letterboxed_from_pixel,
+    matrix_from_params, mean_point_distance, normalized_from_pixel, normalized_grid,
+    normalizer, params_from_matrix, pixel_from_letterboxed, pixel_from_normalized, resample,
+    rescale, residuals, scaling)
+
+__all__ = ["AffineParams", "PARAM_NAMES", "PYRDOWN_STEP", "about_center", "apply", "as_3x3", "compose",
+           "fit_affine", "fit_similarity", "grid_points", "identity", "invert", "letterbox",
+           "letterboxed_from_pixel", "matrix_from_params", "mean_point_distance",
+           "normalized_from_pixel", "normalized_grid", "normalizer", "params_from_matrix",
+           "pixel_from_letterboxed", "pixel_from_normalized", "resample", "rescale",
+           "residuals", "scaling"]

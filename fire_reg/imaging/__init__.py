@@ -1,0 +1,1 @@
+"""Image processing every stage shares: vessel maps, similarity measures, overlay pictures."""

@@ -1,0 +1,1 @@
+"""The learning path: network, model bundle, patch shards, DatasetCreator and Trainer."""

@@ -1,0 +1,128 @@
+"""The vessel maps of a pair at one working width, and the small thread pool of the fine stage.
+
+:class:`VesselMaps` holds both maps, their fields of view and scales, warps the moving map
+through a transform (cached), and measures alignment; every transform here goes **fixed px ->
+moving px** in map pixels (:mod:`fire_reg.geometry`).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from fire_reg.geometry import transforms
+from fire_reg.imaging import vessels
+
+_WORKERS = min(4, os.cpu_count() or 1)
+"""Threads for the per-tile OpenCV calls and the two vessel maps (OpenCV releases the GIL)."""
+_CACHE_LOCK = threading.Lock()  # guards VesselMaps' warp caches across the pool's threads
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(_WORKERS, thread_name_prefix="fire-reg")
+
+
+# a forked child (multiprocessing on Linux) has none of the parent's threads: give it its own pool
+os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
+@dataclass
+class VesselMaps:
+    """Vessel maps (float32 in [0, 1]) and fields of view (bool) of a pair at one working
+    width, with the per-axis scales (map px per original px) of each image."""
+
+    fixed: np.ndarray
+    fixed_fov: np.ndarray
+    moving: np.ndarray
+    moving_fov: np.ndarray
+    fixed_scale: tuple[float, float]
+    moving_scale: tuple[float, float]
+    width: int
+
+    @classmethod
+    def of(cls, fixed, moving, settings: vessels.VesselMapSettings, fixed_mask=None,
+           moving_mask=None) -> "VesselMaps":
+        """Vessel maps of two BGR (or gray) images made with ``settings`` (its
+        ``work_width`` px wide)."""
+        (fixed_map, fixed_fov, fixed_scale), (moving_map, moving_fov, moving_scale) = _pool().map(
+            lambda image_mask: vessels.vessel_map(*image_mask, settings=settings),
+            [(fixed, fixed_mask), (moving, moving_mask)])
+        return cls(fixed_map, fixed_fov, moving_map, moving_fov, fixed_scale, moving_scale,
+                   settings.work_width)
+
+    @property
+    def arrays(self):
+        return self.fixed, self.fixed_fov, self.moving, self.moving_fov
+
+    @property
+    def fixed_size(self) -> tuple[int, int]:
+        return self.fixed.shape[1], self.fixed.shape[0]
+
+    def to_maps(self, transform: transforms.Transform) -> transforms.Transform:
+        """An original-pixel transform expressed between these maps."""
+        return transform.rescaled(self.fixed_scale, self.moving_scale)
+
+    def to_full(self, transform: transforms.Transform) -> transforms.Transform:
+        """A transform between these maps expressed in original pixels."""
+        return transform.rescaled(1 / np.asarray(self.fixed_scale), 1 / np.asarray(self.moving_scale))
+
+    @functools.cached_property
+    def _moving_with_fov(self) -> np.ndarray:
+        """The moving map and its field of view as one 2-channel float32 image (one warp)."""
+        return np.dstack([self.moving, self.moving_fov.astype(np.float32)])
+
+    def warped(self, transform: transforms.Transform) -> tuple[np.ndarray, np.ndarray]:
+        """(moving map in the fixed frame, its field of view there) through ``transform``
+        (map px); the last few results are cached by transform object."""
+        with _CACHE_LOCK:
+            cache = self.__dict__.setdefault("_warp_cache", {})
+            hit = cache.get(id(transform))
+        if hit is not None and hit[0] is transform:
+            return hit[1]
+        warped = transform.warp(self._moving_with_fov, self.fixed_size)
+        result = (warped[..., 0], warped[..., 1] > 0.5)
+        with _CACHE_LOCK:
+            if len(cache) >= 4:
+                cache.pop(next(iter(cache)))
+            cache[id(transform)] = (transform, result)
+        return result
+
+    def similarity(self, transform: transforms.Transform) -> float:
+        """NCC of the fixed map and the warped moving map inside their common field of view;
+        -1 when they hardly overlap."""
+        warped, warped_fov = self.warped(transform)
+        common = self.fixed_fov & warped_fov
+        if common.sum() < max(64, 0.05 * self.fixed_fov.sum()):
+            return -1.0
+        a, b = self.fixed[common], warped[common]
+        a, b = a - a.mean(), b - b.mean()
+        return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
+
+    def similarities(self, candidates: list[transforms.Transform]) -> list[float]:
+        """:meth:`similarity` of each transform, computed side by side on the thread pool."""
+        return list(_pool().map(self.similarity, candidates))
+
+    def overlap(self, transform: transforms.Transform) -> float:
+        """Share of the fixed field of view that the moving field of view covers."""
+        _, warped_fov = self.warped(transform)
+        return float((self.fixed_fov & warped_fov).sum() / max(1, self.fixed_fov.sum()))
+
+    def common_points(self, transform: transforms.Transform, step: int = 16) -> np.ndarray:
+        """(N, 2) fixed-map points on a ``step`` px grid inside the common field of view."""
+        ys, xs = np.mgrid[0:self.fixed.shape[0]:step, 0:self.fixed.shape[1]:step]
+        points = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
+        points = points[self.fixed_fov[ys.ravel(), xs.ravel()]]
+        mapped = np.rint(transform.fixed_to_moving(points)).astype(int)
+        height, width = self.moving_fov.shape
+        inside = ((mapped[:, 0] >= 0) & (mapped[:, 0] < width) & (mapped[:, 1] >= 0)
+                  & (mapped[:, 1] < height))
+        inside[inside] = self.moving_fov[mapped[inside, 1], mapped[inside, 0]]
+        return points[inside]
+
+
+# --------------------------------------------------------------------------- ECC
