@@ -81,15 +81,24 @@ def resize_to_width(image: np.ndarray, width: int) -> tuple[np.ndarray, float]:
     return cv2.resize(image, (width, height), interpolation=interpolation), scale
 
 
+POLARITIES = ("dark", "bright")
+
+
 def vessel_map(image: np.ndarray, mask: np.ndarray | None = None, work_width: int | None = None,
-               settings: VesselMapSettings = VesselMapSettings()
+               settings: VesselMapSettings = VesselMapSettings(), polarity: str = "dark"
                ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     """Vessel-enhanced green channel made with ``settings``, ``work_width`` px wide when given
     (it overrides ``settings.work_width``, e.g. for a finer map).
 
+    ``polarity``: "dark" for vessels darker than the background (colour, red-free, infrared:
+    a black top-hat), "bright" for vessels brighter than it (fluorescein / ICG angiograms: a
+    white top-hat), so that every modality gives the same picture of the same vessels.
+
     Returns (map float32 in [0, 1], mask bool, (sx, sy)) where (sx, sy) = work px / input px
     per axis (use ``geometry.rescale`` with it to move matrices between the two grids).
     """
+    if polarity not in POLARITIES:
+        raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
     if work_width is not None:
         settings = dataclasses.replace(settings, work_width=work_width)
     work_width = settings.work_width
@@ -109,7 +118,8 @@ def vessel_map(image: np.ndarray, mask: np.ndarray | None = None, work_width: in
     equalised = cv2.createCLAHE(clipLimit=settings.clahe_clip, tileGridSize=tiles).apply(filled)
     diameter = max(3, int(round(work_width * settings.tophat_fraction)) | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (diameter, diameter))
-    vessels = cv2.morphologyEx(equalised, cv2.MORPH_BLACKHAT, kernel).astype(np.float32)
+    operation = cv2.MORPH_BLACKHAT if polarity == "dark" else cv2.MORPH_TOPHAT
+    vessels = cv2.morphologyEx(equalised, operation, kernel).astype(np.float32)
     vessels[~inner] = 0.0
     top = np.percentile(vessels[inner], settings.percentile) if inner.any() else 0.0
     vessels = np.clip(vessels / max(top, 1e-6), 0.0, 1.0)

@@ -1,0 +1,130 @@
+"""Which modality a fundus image is, and which way its vessels point (bright or dark).
+
+Modalities: ``colour`` (RGB photograph), ``red-free`` (green-filtered, grey), ``fa``
+(fluorescein angiogram: vessels bright on dark), ``ir`` (infrared / SLO reflectance: grey,
+low-contrast dark vessels), ``icg`` (indocyanine green angiogram: vessels bright) and ``af``
+(autofluorescence: vessels dark). :func:`detect` tells colour from grey by the spread of the
+channels inside the field of view, then reads the vessels' polarity from the Hessian of the
+grey image: thin line-shaped structures (one large curvature across, none along) that are
+darker than their surroundings count for ``red-free`` / ``ir``, brighter ones for ``fa``.
+Round spots (microaneurysms, dots, laser scars) curve both ways and do not count, so a grey
+angiogram full of dots is still read by its vessels. ``ir`` is told from ``red-free`` by its
+smoother vessel edges or a frame without a camera aperture (a scanning laser
+ophthalmoscope). ``icg`` and ``af`` are never detected, only given (``--modality``).
+
+Images are BGR (or grey) uint8 arrays of any size; the measures are taken on a copy
+:data:`WORK_WIDTH` px wide.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from fire_reg.imaging.vessels import fov_mask, resize_to_width
+
+MODALITIES = ("colour", "red-free", "fa", "ir", "icg", "af")
+BRIGHT_VESSELS = frozenset({"fa", "icg"})
+"""Modalities whose vessels are brighter than the background."""
+WORK_WIDTH = 512
+MIN_CHROMA = 6.0
+"""Mean channel spread (uint8 levels) inside the field above which an image is colour."""
+MAX_IR_SHARPNESS = 0.42
+"""Ratio of fine (1 px) to vessel-scale dark-line strength below which a grey image with dark
+vessels is ``ir`` (infrared light scatters: smooth vessel edges)."""
+MIN_APERTURE_SHARE = 0.97
+"""A field of view covering at least this share of the frame has no camera aperture: a
+scanning laser ophthalmoscope, so a grey image with dark vessels is ``ir``."""
+VESSEL_SIGMA = 2.5
+"""Scale (px at :data:`WORK_WIDTH`) of the Hessian that finds vessel-shaped lines."""
+LINE_PERCENTILE = 99.0
+MARGIN = 12
+"""Pixels (at :data:`WORK_WIDTH`) next to the image border and the aperture that are not
+measured: a field of view cut by the image border makes a bright line there."""
+
+
+@dataclass(frozen=True)
+class ModalityEvidence:
+    """What :func:`detect` measured: ``chroma`` (mean channel spread, uint8 levels),
+    ``bright_lines`` / ``dark_lines`` (line strength per unit of brightness of the
+    strongest vessel-shaped structures brighter / darker than their surroundings),
+    ``sharpness`` (fine over vessel-scale dark-line strength), ``aperture_share`` (share of
+    the frame inside the field of view) and the verdict."""
+
+    modality: str
+    chroma: float
+    bright_lines: float
+    dark_lines: float
+    sharpness: float
+    aperture_share: float
+
+
+def polarity(modality: str) -> str:
+    """"bright" when the modality's vessels are brighter than the background, else "dark"."""
+    check(modality)
+    return "bright" if modality in BRIGHT_VESSELS else "dark"
+
+
+def check(modality: str) -> str:
+    """``modality`` when it is one of :data:`MODALITIES`, else ValueError naming them."""
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; choose from {', '.join(MODALITIES)}")
+    return modality
+
+
+def detect(image: np.ndarray, mask: np.ndarray | None = None) -> ModalityEvidence:
+    """The modality of a fundus image (BGR or grey uint8) with the measures behind it."""
+    small, _ = resize_to_width(image, WORK_WIDTH)
+    if mask is None:
+        inside = fov_mask(small)
+    else:
+        inside = cv2.resize(np.asarray(mask, np.uint8), small.shape[1::-1],
+                            interpolation=cv2.INTER_NEAREST).astype(bool)
+    aperture_share = float(inside.mean())
+    inside = cv2.erode(inside.astype(np.uint8), np.ones((MARGIN + 3, MARGIN + 3), np.uint8)
+                       ).astype(bool)
+    inside[:MARGIN] = inside[-MARGIN:] = False
+    inside[:, :MARGIN] = inside[:, -MARGIN:] = False
+    if not inside.any():
+        inside = np.ones(small.shape[:2], bool)
+    chroma = 0.0
+    if small.ndim == 3:
+        channels = small[inside].astype(np.float32)
+        chroma = float(np.mean(np.abs(channels - channels.mean(axis=1, keepdims=True))))
+    grey = small[..., 1] if small.ndim == 3 else small
+    bright, dark = _line_strengths(grey, inside, VESSEL_SIGMA)
+    sharpness = _line_strengths(grey, inside, 1.0)[1] / max(dark, 1e-12)
+    if chroma >= MIN_CHROMA:
+        modality = "colour"
+    elif bright > dark:
+        modality = "fa"
+    elif aperture_share >= MIN_APERTURE_SHARE or sharpness < MAX_IR_SHARPNESS:
+        modality = "ir"
+    else:
+        modality = "red-free"
+    return ModalityEvidence(modality, chroma, bright, dark, sharpness, aperture_share)
+
+
+def _line_strengths(grey: np.ndarray, inside: np.ndarray, sigma: float) -> tuple[float, float]:
+    """Strength of the strongest bright and of the strongest dark line-shaped structures
+    inside the field (their :data:`LINE_PERCENTILE` th percentile), per unit of the field's
+    median brightness (so that dim angiograms and bright photographs compare).
+
+    With Hessian eigenvalues l1 >= l2 at scale ``sigma`` px, a dark line has l1 > 0 and
+    |l2| small, a bright line l2 < 0 and |l1| small; a pixel's line strength is its large
+    eigenvalue's magnitude minus the small one's (zero for blobs, which curve both ways).
+    """
+    image = grey.astype(np.float32)
+    brightness = max(float(np.median(image[inside])), 1.0)
+    smooth = cv2.GaussianBlur(image, (0, 0), sigma)
+    dxx = cv2.Sobel(smooth, cv2.CV_32F, 2, 0, ksize=3)
+    dyy = cv2.Sobel(smooth, cv2.CV_32F, 0, 2, ksize=3)
+    dxy = cv2.Sobel(smooth, cv2.CV_32F, 1, 1, ksize=3)
+    half_trace, root = (dxx + dyy) / 2, np.sqrt(((dxx - dyy) / 2) ** 2 + dxy ** 2)
+    large, small = half_trace + root, half_trace - root
+    dark = np.clip(large - np.abs(small), 0, None)
+    bright = np.clip(-small - np.abs(large), 0, None)
+    scale = sigma ** 2 / brightness  # scale-normalised (sigma^2 x second derivative)
+    return (float(np.percentile(bright[inside], LINE_PERCENTILE) * scale),
+            float(np.percentile(dark[inside], LINE_PERCENTILE) * scale))
