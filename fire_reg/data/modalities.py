@@ -114,9 +114,9 @@ def _angiogram(image, vessels, inside, unit, rng) -> np.ndarray:
 def _infrared(image, vessels, inside, unit, rng) -> np.ndarray:
     shape = vessels.shape
     choroid = _stretch(_blurred(image[..., 2], 6 * unit), inside)
-    texture = _blurred(rng.normal(0.0, 1.0, shape).astype(np.float32), 6 * unit)
+    texture = _blurred(rng.normal(0.0, 1.0, shape).astype(np.float32), 12 * unit)
     texture /= max(float(texture[inside].std()), 1e-6)
-    ir = 0.35 + 0.35 * choroid + rng.uniform(0.015, 0.035) * texture
-    ir -= rng.uniform(0.15, 0.3) * _blurred(vessels, 1.5 * unit)
+    ir = 0.35 + 0.35 * choroid + rng.uniform(0.01, 0.02) * texture
+    ir -= rng.uniform(0.2, 0.35) * _blurred(vessels, 1.5 * unit)
     ir = _blurred(ir, 3.5 * unit) + rng.normal(0.0, 0.004, shape).astype(np.float32)
     return np.clip(255 * _stretch(ir, inside) * rng.uniform(0.6, 0.85), 0, 255)
