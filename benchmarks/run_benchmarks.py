@@ -80,6 +80,44 @@ def accuracy(name: str, fire_dir: Path, out: Path, baselines: str) -> dict:
             "pairs": len(main["pairs"])}
 
 
+MODALITY_SETS = ("fa", "ir", "red-free")
+
+
+def multimodal(drive: Path, out: Path, baselines: str) -> dict:
+    """Held-out curved DRIVE pairs whose moving photograph is drawn as FA, IR or red-free
+    (`data embedded --modality`): a table per modality, and every method summarised over the
+    three sets together (the pairs keep their S / P / A categories)."""
+    from fire_reg.evaluate import metrics
+
+    per_modality, merged = {}, {}
+    for name in MODALITY_SETS:
+        folder = out / f"multimodal_{name}"
+        fire_reg("data", "embedded", "--out", folder, "--images", drive, *HELD_OUT,
+                 "--geometry", "sphere", "--modality", name)
+        result = evaluate(folder, out / f"eval_multimodal_{name}", "--baselines", baselines,
+                          "--overlays", "1")
+        per_modality[name] = {"rows": result["summary"]["all"], "pairs": len(result["pairs"]),
+                              "trust": result["trust"].get("fire-reg")}
+        merged.update({f"{name}:{pid}": entry for pid, entry in result["pairs"].items()})
+        methods = result["methods"]
+    together = {}
+    for method in methods:
+        entries = {pid: entry["methods"][method] for pid, entry in merged.items()}
+        together[method] = metrics.summarize(
+            {pid: e["error_px"] for pid, e in entries.items()},
+            {pid: entry["category"] for pid, entry in merged.items()},
+            {pid: np.asarray(e["point_errors_px"]) for pid, e in entries.items()},
+            seconds_by_pair={pid: e["seconds"] for pid, e in entries.items()})
+    wrong_ok = sum(1 for entry in merged.values()
+                   if entry["methods"]["fire-reg"]["status"] == "ok"
+                   and entry["methods"]["fire-reg"]["error_px"] > 25)
+    return {"modalities": per_modality, "together": {"rows": together, "pairs": len(merged)},
+            "ok_over_25px": wrong_ok,
+            "statuses": {status: sum(1 for e in merged.values()
+                                     if e["methods"]["fire-reg"]["status"] == status)
+                         for status in ("ok", "suspect", "failed")}}
+
+
 def stress(fire_dir: Path, out: Path) -> dict:
     trust = {}
     for label, flags in STRESS.items():
@@ -96,6 +134,8 @@ def wrong_pairs(out: Path, drive: Path | None) -> dict:
     import cv2
     from skimage import data
 
+    from fire_reg.io.images import read_image
+
     folder = out / "wrong_pairs"
     folder.mkdir(parents=True, exist_ok=True)
     retina = cv2.cvtColor(data.retina(), cv2.COLOR_RGB2BGR)
@@ -104,7 +144,7 @@ def wrong_pairs(out: Path, drive: Path | None) -> dict:
     if drive:
         eyes = sorted(Path(drive).glob("*.tif"))[:12]
         for i, path in enumerate(eyes):
-            image = cv2.imread(str(path))
+            image = read_image(path)
             images[f"eye{i}"] = image
             images[f"eye{i}_mirrored"] = np.ascontiguousarray(image[:, ::-1])
             images[f"eye{i}_rot90"] = np.ascontiguousarray(np.rot90(image))
@@ -186,6 +226,8 @@ def markdown(figures: dict) -> str:
             count = figures[name]["pairs"]
             lines += [f"**{title}** ({count} pair{'s' * (count != 1)}):", "",
                       _short_table(table), ""]
+    if "multimodal" in figures:
+        lines += _multimodal_markdown(figures["multimodal"], metrics)
     trust = {"default (curved held-out DRIVE)": figures["curved_drive"]["trust"]}
     trust.update(figures.get("stress", {}))
     lines += ["**Trust** (curved held-out DRIVE pairs; true error <= 25 FIRE-equivalent px "
@@ -208,6 +250,23 @@ def markdown(figures: dict) -> str:
               f"{figures['training_samples_per_second']:.0f} samples/s (batch 32, 128 px, "
               "TensorFlow).", ""]
     return "\n".join(lines)
+
+
+def _multimodal_markdown(figures: dict, metrics) -> list[str]:
+    """One table per modality and one over the three sets together."""
+    lines = []
+    labels = {"fa": "fluorescein angiogram (FA)", "ir": "infrared (IR)", "red-free": "red-free"}
+    for name, entry in figures["modalities"].items():
+        lines += [f"**Colour against {labels[name]}: held-out curved DRIVE pairs, the moving "
+                  f"photograph drawn as {name}** ({entry['pairs']} pairs):", "",
+                  _short_table(metrics.markdown_table(entry["rows"])), ""]
+    together = figures["together"]
+    statuses = ", ".join(f"{status} {count}" for status, count in figures["statuses"].items())
+    lines += [f"**All three modality sets together** ({together['pairs']} pairs; fire-reg "
+              f"statuses: {statuses}; pairs over 25 px reported ok: "
+              f"{figures['ok_over_25px']}):", "",
+              _short_table(metrics.markdown_table(together["rows"])), ""]
+    return lines
 
 
 def _short_table(table: str) -> str:
@@ -234,6 +293,8 @@ def main() -> None:
     parser.add_argument("--p01", type=Path, help="folder of the real FIRE pair P01")
     parser.add_argument("--out", type=Path, default=Path("out/bench"))
     parser.add_argument("--baselines", default="sift,sift-homography,orb,ecc")
+    parser.add_argument("--multimodal-baselines", default="sift,mi",
+                        help="baselines of the multimodal sets (mi needs fire-reg[itk])")
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
     out = args.out
@@ -249,6 +310,8 @@ def main() -> None:
         figures[name] = accuracy(name, out / name, out, args.baselines)
     if args.p01:
         figures["p01"] = accuracy("p01", args.p01, out, args.baselines)
+    if args.drive:
+        figures["multimodal"] = multimodal(args.drive, out, args.multimodal_baselines)
     trust_set = out / ("curved_drive" if args.drive else "curved_embedded")
     figures.setdefault("curved_drive", figures["curved_embedded"])
     figures["stress"] = stress(trust_set, out)

@@ -57,7 +57,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
 
-    from fire_reg.io import fire
+    from fire_reg.data import fire
     from fire_reg.register.registrar import Registrar
     from fire_reg.evaluate.tester import Tester
 

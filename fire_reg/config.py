@@ -1,25 +1,32 @@
 """One configuration style for fire-reg's settings, and the network's hyper-parameters.
 
-Every settings dataclass (``PrepareConfig``, ``MotionRange``, ``TrainConfig``,
-``AugmentConfig``, :class:`NetworkConfig`, ``imaging.VesselMapSettings``,
-``bundle.ModelSettings``) is a frozen dataclass deriving from :class:`Config`:
+Every settings dataclass, one per stage (``learn.dataset_creator.PrepareConfig`` with its
+``MotionRange``, ``learn.trainer.TrainConfig`` with :class:`NetworkConfig` and
+``learn.augment.AugmentConfig``, ``register.registrar.RegistrarConfig`` with
+``register.ecc.EccOptions``, ``register.fine.FineOptions`` and ``register.trust.TrustOptions``,
+``imaging.vessels.VesselMapSettings``, ``learn.settings.ModelSettings``) is a frozen dataclass
+deriving from :class:`Config`:
 
-* ``__post_init__`` checks every field with the ``_integer`` / ``_number`` / ``_flag`` /
-  ``_range`` / ``_nested`` helpers, which raise :class:`FieldError` (a ValueError naming the
-  field, e.g. ``batch_size must be at least 1, got 0``) and coerce JSON values (lists to
-  tuples, dicts to nested settings);
+* ``__post_init__`` checks every field with the ``_integer`` / ``_integers`` / ``_number`` /
+  ``_flag`` / ``_choice`` / ``_range`` / ``_nested`` helpers, which raise :class:`FieldError`
+  (a ValueError naming the field, e.g. ``batch_size must be at least 1, got 0``) and coerce
+  JSON values (lists to tuples, dicts to nested settings);
 * ``from_dict`` builds one from JSON (unknown keys are a FieldError), ``to_dict`` gives JSON;
-* change a value with ``dataclasses.replace``, which checks again.
+* change a value with ``dataclasses.replace``, which checks again;
+* a field that the command line offers is declared with :func:`setting`, which keeps its help
+  text (and, for a text field, its choices) in the field's metadata: ``fire_reg.cli.options``
+  makes the flag from it (``batch_size`` -> ``--batch-size``, with that help and default) and
+  turns a FieldError back into an error naming the flag.
 
-The command line turns a FieldError into an InputError naming its flag (``batch_size`` ->
-``--batch-size``). This module imports neither Keras nor OpenCV, so bad settings are reported
-before any heavy import.
+This module imports neither Keras nor OpenCV, so bad settings are reported before any heavy
+import.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -30,6 +37,26 @@ class FieldError(ValueError):
         self.field = field
         self.problem = problem
         super().__init__(f"{field} {problem}")
+
+
+def setting(default=dataclasses.MISSING, *, help: str, factory=dataclasses.MISSING,
+            choices: Callable[[], tuple[str, ...]] | None = None):
+    """A settings field with the help text of its command-line flag (units included).
+
+    ``default`` or ``factory`` as for ``dataclasses.field``. ``choices``: for a text field, a
+    function giving the valid values, called each time they are needed (when a value is
+    checked, when a parser is built), so that values registered later count.
+    """
+    metadata = {"help": help}
+    if choices is not None:
+        metadata["choices"] = choices
+    return dataclasses.field(default=default, default_factory=factory, metadata=metadata)
+
+
+def choices_of(cls, name: str) -> tuple[str, ...] | None:
+    """The valid values of a :func:`setting` field declared with ``choices`` (else None)."""
+    known = next(f for f in dataclasses.fields(cls) if f.name == name).metadata.get("choices")
+    return None if known is None else tuple(known())
 
 
 class Config:
@@ -78,6 +105,24 @@ class Config:
         _check_bounds(name, value, low, high)
         self._set(name, float(value))
 
+    def _integers(self, name: str, low: int | None = None, at_least: int = 1) -> None:
+        """A sequence of at least ``at_least`` whole numbers, each >= ``low``; stored as a tuple."""
+        value = getattr(self, name)
+        bound = "" if low is None else f" >= {low}"
+        if (not isinstance(value, (list, tuple)) or len(value) < at_least
+                or any(isinstance(v, bool) or not isinstance(v, int)
+                       or (low is not None and v < low) for v in value)):
+            raise FieldError(name, f"must be at least {at_least} whole number(s){bound}, got "
+                                   f"{value!r}")
+        self._set(name, tuple(value))
+
+    def _choice(self, name: str) -> None:
+        """One of the values the field's :func:`setting` ``choices`` gives now."""
+        known = choices_of(type(self), name)
+        if getattr(self, name) not in known:
+            raise FieldError(name, f"must be one of {', '.join(known)}, got "
+                                   f"{getattr(self, name)!r}")
+
     def _flag(self, name: str) -> None:
         """true or false."""
         if not isinstance(getattr(self, name), bool):
@@ -120,14 +165,17 @@ class NetworkConfig(Config):
     fire_reg.learn.network, so that checking them does not import Keras).
 
     ``input_size``: side of the square input in px, a multiple of 8 (three stride-2
-    convolutions give an ``input_size / 8`` cell grid). ``encoder_channels``: one 3x3
+    convolutions give an ``input_size / 8`` cell grid), or None (the default): the size of
+    the data, which is the one source of it. The Trainer takes its shards' patch size
+    (``PrepareConfig.patch_size``) and refuses a config that names another;
+    ``build_model`` takes the size its ``ModelSettings`` record. ``encoder_channels``: one 3x3
     convolution each, the first three with stride 2. ``max_translation`` scales the translation
     head (normalised units per unit of head output); it is a plain factor, not a tanh bound, so
     the gradient never saturates. ``softmax_temperature_init`` is the initial inverse
     temperature of the soft-argmax over cosine correlations in [-1, 1].
     """
 
-    input_size: int = 128
+    input_size: int | None = None
     encoder_channels: tuple[int, ...] = (16, 32, 64, 64, 64)
     trunk_units: int = 256
     use_shear: bool = False
@@ -135,15 +183,10 @@ class NetworkConfig(Config):
     softmax_temperature_init: float = 10.0
 
     def __post_init__(self):
-        self._integer("input_size", low=16)
-        if self.input_size % 8:
+        self._integer("input_size", low=16, optional=True)
+        if self.input_size is not None and self.input_size % 8:
             raise FieldError("input_size", f"must be a multiple of 8, got {self.input_size}")
-        channels = self.encoder_channels
-        if (not isinstance(channels, (list, tuple)) or len(channels) < 3
-                or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels)):
-            raise FieldError("encoder_channels", "must be at least 3 positive whole numbers "
-                                                 f"(three stride-2 convolutions), got {channels!r}")
-        self._set("encoder_channels", tuple(channels))
+        self._integers("encoder_channels", low=1, at_least=3)  # three stride-2 convolutions
         self._integer("trunk_units", low=1)
         self._flag("use_shear")
         self._number("max_translation", above=0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fire_reg.cli import main
-from fire_reg.io.fire import FireDataset
+from fire_reg.data.fire import FireDataset
 
 
 def run(capsys, *argv):
@@ -36,21 +36,36 @@ def test_register_writes_three_files(small_fire, tiny_model_path, tmp_path, caps
     assert warped.shape[:2] == pair.image("fixed").shape[:2] and warped.ndim == 3
     assert cv2.imread(str(tmp_path / "reg" / "overlay.png")) is not None
     assert not list((tmp_path / "reg").glob(".*part*"))
-    itk = (tmp_path / "reg" / "transform.tfm").read_text().splitlines()
-    assert itk[2] == "Transform: AffineTransform_double_2_2"
-    parameters = np.array(itk[3].split(":")[1].split(), float)
-    np.testing.assert_allclose(parameters, [matrix[0, 0], matrix[0, 1], matrix[1, 0],
-                                            matrix[1, 1], matrix[0, 2], matrix[1, 2]], rtol=1e-9)
+    # a quadratic: no ITK .tfm (it cannot hold one), a displacement field instead
+    assert not (tmp_path / "reg" / "transform.tfm").exists()
+    assert "displacement.mha" in record["exports"]["written"]
+    assert (tmp_path / "reg" / "displacement.mha").is_file()
 
 
 def test_register_batch_from_fire_folder(small_fire, tiny_model_path, tmp_path, capsys):
+    """The counts in batch.json and in the last line match the pairs' statuses; the exit
+    status is 3 exactly when some pair failed; failed pairs are listed in failures.csv and get
+    no warped.png."""
     code, out, _ = run(capsys, "register", "--batch", small_fire, "--model", tiny_model_path,
                        "--refine", "none", "--out", tmp_path / "batch")
-    assert code == 0
     summary = json.loads((tmp_path / "batch" / "batch.json").read_text())
-    assert set(summary["pairs"]) == {"S01", "S02", "P01", "A01"} and summary["failures"] == {}
-    assert (tmp_path / "batch" / "P01" / "transform.json").is_file()
-    assert (tmp_path / "batch" / "failures.csv").read_text() == "id,problem\n"
+    rows = {row["id"]: row for row in summary["rows"]}
+    assert set(rows) == {"S01", "S02", "P01", "A01"} and summary["complete"]
+    statuses = [json.loads((tmp_path / "batch" / pid / "transform.json").read_text())["status"]
+                for pid in rows]
+    assert [row["status"] for row in rows.values()] == statuses
+    counts = {status: statuses.count(status) for status in ("ok", "suspect", "failed")}
+    assert summary["counts"] == {**counts, "error": 0, "not run": 0}
+    assert code == summary["exit_status"] == (3 if counts["failed"] else 0)
+    assert out.strip().splitlines()[-1].startswith(
+        f"batch: 4 of 4 rows done in ") and (f"{counts['ok']} ok, {counts['suspect']} suspect, "
+                                             f"{counts['failed']} failed, 0 error") in out
+    failures = (tmp_path / "batch" / "failures.csv").read_text().splitlines()
+    assert failures[0] == "id,outcome,reason"
+    assert sorted(line.split(",")[0] for line in failures[1:]) == sorted(
+        pid for pid, row in rows.items() if row["status"] == "failed")
+    for pid, row in rows.items():
+        assert (tmp_path / "batch" / pid / "warped.png").exists() == (row["status"] != "failed")
 
 
 def test_batch_keeps_going_past_bad_rows(small_fire, tiny_model_path, tmp_path, capsys):
@@ -67,7 +82,8 @@ def test_batch_keeps_going_past_bad_rows(small_fire, tiny_model_path, tmp_path, 
                          "--transform", "none", "--out", tmp_path / "batch")
     assert code == 2 and "failures.csv" in err
     summary = json.loads((tmp_path / "batch" / "batch.json").read_text())
-    assert set(summary["pairs"]) == {"S01", "A01"}
+    assert {row["id"] for row in summary["rows"] if "status" in row} == {"S01", "A01"}
+    assert summary["counts"]["error"] == 2
     failures = (tmp_path / "batch" / "failures.csv").read_text()
     assert "S02_2.jpg" in failures and "P01_1.jpg" in failures
     assert (tmp_path / "batch" / "A01" / "transform.json").is_file()
@@ -191,7 +207,8 @@ def test_batch_from_csv_and_its_errors(small_fire, tiny_model_path, tmp_path, ca
                              "--transform", "none", "--out", out_dir)
         assert code == 2 and "bad.csv" in err, name
         summary = json.loads((out_dir / "batch.json").read_text())
-        assert len(summary["failures"]) == 1 and len(summary["pairs"]) == 1 - (name == "missing file")
+        errors = [row for row in summary["rows"] if row["outcome"] == "error"]
+        assert len(errors) == 1 and len(summary["rows"]) == 2 - (name == "missing file"), name
     unusable = {"no header": f"{row}\n", "binary": "\x00\xff\x00garbage"}
     for name, text in unusable.items():
         bad = tmp_path / "unusable.csv"
@@ -220,7 +237,7 @@ def test_output_folder_problems_exit_2(small_fire, tiny_model_path, tmp_path, ca
         assert code == 2 and "another fire-reg run" in err
     code, _, _ = run(capsys, "register", pair.fixed_path, pair.moving_path, "--model",
                      tiny_model_path, "--transform", "none", "--out", tmp_path / "out")
-    assert code == 0 and not stale.exists()
+    assert code == 0 and stale.read_text() == "{"  # not a temporary of fire-reg's: kept
     for flags, word in ((["--iterations", "0"], "--iterations"),
                         (["--refine-width", "-5"], "--refine-width")):
         code, _, err = run(capsys, "register", pair.fixed_path, pair.moving_path, "--model",

@@ -12,7 +12,15 @@ from skimage import data
 from fire_reg.cli import main
 from fire_reg.imaging.vessels import fov_mask, vessel_map
 from fire_reg import geometry
-from fire_reg.data import embedded
+from fire_reg.data import embedded, statistics
+from fire_reg.data.affine import render_affine
+from fire_reg.data.ground_truth import dense_map, exact_map, interpolate
+from fire_reg.data.nonrigid import displacement_field, undeform
+from fire_reg.data.sources import Source, load_source, lookup, shrink
+from fire_reg.data.sphere import EYE, render_sphere, sample_sphere, sphere_map
+from fire_reg.data.statistics import (FIRE_DOCUMENTED, FIRE_GROUND_TRUTH_ENV, STATISTIC_KEYS,
+                                      fire_statistics, format_statistics, pair_statistics,
+                                      set_statistics)
 from fire_reg.io.errors import InputError
 
 SIZE = 448
@@ -92,7 +100,7 @@ def test_layout(emb):
     ids = ["S01", "S02", "P01", "P02", "A01", "A02"]
     assert [p["id"] for p in summary["pairs"]] == ids
     assert json.loads((out / "embedded.json").read_text()) == summary
-    assert summary["geometry"] == "sphere" and summary["eye"] == embedded.EYE
+    assert summary["geometry"] == "sphere" and summary["eye"] == EYE
     assert sorted(p.name for p in (out / "Images").iterdir()) == sorted(
         f"{i}_{k}.jpg" for i in ids for k in (1, 2))
     assert sorted(p.name for p in (out / "Ground Truth").iterdir()) == sorted(
@@ -135,7 +143,7 @@ def test_control_points_are_the_exact_map(emb, emb_affine):
     for (out, summary), decimals in ((emb, 0.0051), (emb_affine, 0.0101)):
         for record in summary["pairs"]:
             _, _, points, _ = load_pair(out, record)
-            expected = embedded.exact_map(record, points[:, :2])
+            expected = exact_map(record, points[:, :2])
             # sphere: the written fixed points are mapped; affine (as before): the unrounded
             assert np.abs(expected - points[:, 2:]).max() <= decimals, record["id"]
 
@@ -145,16 +153,16 @@ def test_dense_map_agrees_with_exact_map(emb, emb_affine):
     for out, summary in (emb, emb_affine):
         for record in summary["pairs"]:
             dense = np.load(out / record["dense"])
-            np.testing.assert_array_equal(dense, embedded.dense_map(record))
+            np.testing.assert_array_equal(dense, dense_map(record))
             last = dense.shape[0] - 1  # nodes every 8 px up to the first at or beyond SIZE - 1
             assert 8 * last >= SIZE - 1 > 8 * (last - 1)
             for i, j in ((0, 0), (1, 0), (0, 2), (last, last)):
                 np.testing.assert_allclose(
-                    dense[j, i], embedded.exact_map(record, [[8 * i, 8 * j]])[0], atol=1e-3)
+                    dense[j, i], exact_map(record, [[8 * i, 8 * j]])[0], atol=1e-3)
             between = rng.uniform(0, SIZE - 1, (500, 2))
-            exact = embedded.exact_map(record, between)
+            exact = exact_map(record, between)
             assert np.abs(bilinear(dense, between) - exact).max() < 0.02, record["id"]
-            assert np.abs(embedded._interpolate(dense, between) - exact).max() < 0.02
+            assert np.abs(interpolate(dense, between) - exact).max() < 0.02
 
 
 def test_sphere_render_follows_the_exact_map():
@@ -172,14 +180,14 @@ def test_sphere_render_follows_the_exact_map():
         green = np.maximum(green, 250 * np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * 1.5 ** 2)))
     image[..., 1] = green * disc
     image[..., 2] = 60 * disc  # a bright aperture
-    source = embedded._Source("dots", 0, image, disc, embedded._shrink(disc, 1.0), (1.0, 1.0), "")
+    source = Source("dots", 0, image, disc, shrink(disc, 1.0), (1.0, 1.0), "")
     for category in ("S", "P"):
-        model = embedded._sample_sphere(source, category, rng)["model"]
-        fixed, _ = embedded._render_sphere(source, model, "fixed")
-        moving, _ = embedded._render_sphere(source, model, "moving")
-        in_fixed = embedded._sphere_map(model, dots, "source", "fixed")
-        in_moving = embedded.exact_map({"geometry": "sphere", "model": model}, in_fixed)
-        np.testing.assert_allclose(embedded._sphere_map(model, dots, "source", "moving"),
+        model = sample_sphere(source, category, rng)["model"]
+        fixed, _ = render_sphere(source, model, "fixed")
+        moving, _ = render_sphere(source, model, "moving")
+        in_fixed = sphere_map(model, dots, "source", "fixed")
+        in_moving = exact_map({"geometry": "sphere", "model": model}, in_fixed)
+        np.testing.assert_allclose(sphere_map(model, dots, "source", "moving"),
                                    in_moving, atol=1e-6)
         checked = 0
         for view, expected in ((fixed, in_fixed), (moving, in_moving)):
@@ -229,7 +237,7 @@ def test_matrix_is_the_best_affine(emb):
         nodes = np.stack(np.meshgrid(np.arange(dense.shape[1]) * 8.0,
                                      np.arange(dense.shape[0]) * 8.0), -1).reshape(-1, 2)
         dense = dense.reshape(-1, 2)
-        common = embedded._lookup(mask, nodes) & embedded._lookup(mask, dense)
+        common = lookup(mask, nodes) & lookup(mask, dense)
         fitted, residuals = geometry.fit_affine(nodes[common], dense[common])
         assert geometry.mean_point_distance(fitted, matrix, grid) < 1e-3, record["id"]
         assert record["matrix_fit"]["nodes"] == common.sum()
@@ -254,17 +262,17 @@ def test_sphere_pairs_are_not_affine(emb, emb_affine):
 def test_calibrated_to_fire():
     """Medians of displacement and best-affine residual of sphere models (no rendering: ten
     points spread over the common field) within 35 % of FIRE's (S, P)."""
-    source = embedded._load_source(None, 0, 256)
+    source = load_source(None, 0, 256)
     width = source.aperture.shape[1]
-    inner = embedded._shrink(source.aperture, 0.06 * width)
+    inner = shrink(source.aperture, 0.06 * width)
     ys, xs = np.nonzero(inner[::4, ::4])
     candidates = np.stack([xs, ys], 1) * 4.0
     for category in ("S", "P"):
         rng = np.random.default_rng(7)
         rows = []
         for _ in range(30):
-            model = embedded._sample_sphere(source, category, rng)["model"]
-            usable = candidates[embedded._lookup(inner, embedded._sphere_map(model, candidates))]
+            model = sample_sphere(source, category, rng)["model"]
+            usable = candidates[lookup(inner, sphere_map(model, candidates))]
             chosen = [int(rng.integers(len(usable)))]
             distance = np.linalg.norm(usable - usable[chosen[0]], axis=1)
             for _ in range(9):
@@ -272,10 +280,10 @@ def test_calibrated_to_fire():
                 distance = np.minimum(distance,
                                       np.linalg.norm(usable - usable[chosen[-1]], axis=1))
             fixed = usable[chosen]
-            rows.append(embedded._pair_statistics(fixed, embedded._sphere_map(model, fixed))
+            rows.append(pair_statistics(fixed, sphere_map(model, fixed))
                         * 2912 / width)
         displacement, affine = np.median(rows, axis=0)[:2]
-        target = embedded.FIRE_DOCUMENTED[category]
+        target = FIRE_DOCUMENTED[category]
         assert abs(displacement / target["displacement"] - 1) < 0.35, (category, displacement)
         assert abs(affine / target["affine"] - 1) < 0.35, (category, affine)
 
@@ -323,14 +331,14 @@ def test_nonrigid_points_follow_the_image():
         image[..., 1] = np.maximum(image[..., 1], 250 * np.exp(-((xs - x) ** 2 + (ys - y) ** 2)
                                                                 / (2 * 1.5 ** 2)))
     ones = np.ones((size, size), np.uint8)
-    source = embedded._Source("dots", 0, image, ones.astype(bool), ones, (1.0, 1.0), "")
+    source = Source("dots", 0, image, ones.astype(bool), ones, (1.0, 1.0), "")
     view = geometry.about_center(0.95 * np.eye(2), (size / 2, size / 2))
-    field, nonrigid = embedded._displacement_field(rng, (size, size), 6.0)
-    rendered, _ = embedded._render(source, view, field)
-    expected = embedded._undeform(geometry.apply(geometry.invert(view), dots), field)
+    field, nonrigid = displacement_field(rng, (size, size), 6.0)
+    rendered, _ = render_affine(source, view, field)
+    expected = undeform(geometry.apply(geometry.invert(view), dots), field)
     record = {"matrix": geometry.invert(view).tolist(), "nonrigid": nonrigid,
               "size": [size, size]}
-    np.testing.assert_array_equal(embedded.exact_map(record, dots), expected)
+    np.testing.assert_array_equal(exact_map(record, dots), expected)
     green = rendered[..., 1].astype(float)
     for x, y in expected:
         x0, y0 = int(round(x)) - 5, int(round(y)) - 5
@@ -379,51 +387,51 @@ def test_affine_geometry_reproduces_the_earlier_sets(tmp_path):
 
 def test_statistics(emb, tmp_path, monkeypatch):
     out, summary = emb
-    assert embedded.set_statistics(out)["categories"] == summary["statistics"]["categories"]
+    assert set_statistics(out)["categories"] == summary["statistics"]["categories"]
     stats = summary["statistics"]["categories"]
     assert {c: v["pairs"] for c, v in stats.items()} == CATEGORIES
     # a pure shift: displacement only; a rotation about a point is affine
     rng = np.random.default_rng(0)
     fixed = rng.uniform(0, 2912, (10, 2))
-    values = embedded._pair_statistics(fixed, fixed + [3.0, 4.0])
+    values = pair_statistics(fixed, fixed + [3.0, 4.0])
     np.testing.assert_allclose(values, [5.0, 0, 0, 0], atol=1e-6)
     bent = fixed + 1e-4 * fixed[:, ::-1] ** 2
-    values = embedded._pair_statistics(fixed, bent)
+    values = pair_statistics(fixed, bent)
     assert values[1] > 1.0 and values[3] < 1e-6
     # FIRE: a folder of control-point files, a missing folder, the documented fallback
     folder = tmp_path / "gt"
     folder.mkdir()
     np.savetxt(folder / "control_points_S01_1_2.txt", np.hstack([fixed, fixed + [3.0, 4.0]]))
     np.savetxt(folder / "control_points_P01_1_2.txt", np.hstack([fixed, bent]))
-    fire = embedded.fire_statistics(folder)["categories"]
+    fire = fire_statistics(folder)["categories"]
     assert fire["S"]["pairs"] == 1 and abs(fire["S"]["displacement"] - 5.0) < 1e-3
     assert fire["P"]["affine"] > 1.0 and "A" not in fire
     with pytest.raises(InputError, match="missing"):
-        embedded.fire_statistics(tmp_path / "missing")
-    monkeypatch.setenv(embedded.FIRE_GROUND_TRUTH_ENV, str(tmp_path / "absent"))
-    documented = embedded.fire_statistics()
+        fire_statistics(tmp_path / "missing")
+    monkeypatch.setenv(FIRE_GROUND_TRUTH_ENV, str(tmp_path / "absent"))
+    documented = fire_statistics()
     assert "documented" in documented["label"]
-    assert documented["categories"] == embedded.FIRE_DOCUMENTED
-    table = embedded.format_statistics(summary["statistics"], documented)
+    assert documented["categories"] == FIRE_DOCUMENTED
+    table = format_statistics(summary["statistics"], documented)
     assert "this set" in table and "documented" in table and len(table.splitlines()) == 8
 
 
 def test_fire_ground_truth_when_present():
     """With the real FIRE ground truth at hand, its statistics are the documented ones."""
-    folder = embedded._default_ground_truth()
-    stats = embedded.fire_statistics()
+    folder = statistics._default_ground_truth()
+    stats = fire_statistics()
     if not folder.is_dir():
         assert "documented" in stats["label"]
         return
-    for category, documented in embedded.FIRE_DOCUMENTED.items():
+    for category, documented in FIRE_DOCUMENTED.items():
         values = stats["categories"][category]
         assert values["pairs"] == documented["pairs"]
-        for key in embedded.STATISTIC_KEYS:
+        for key in STATISTIC_KEYS:
             assert abs(values[key] / documented[key] - 1) < 0.05, (category, key)
 
 
 def test_cli_prints_the_statistics(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv(embedded.FIRE_GROUND_TRUTH_ENV, str(tmp_path / "absent"))
+    monkeypatch.setenv(FIRE_GROUND_TRUTH_ENV, str(tmp_path / "absent"))
     out = tmp_path / "set"
     assert main(["data", "embedded", "--out", str(out), "--size", "160",
                      "--per-image", "S1,P1"]) == 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fire_reg import geometry
-from fire_reg.io import fire
+from fire_reg.data import fire
 from fire_reg.io.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import pytest
 
 from fire_reg import geometry
 from fire_reg.io import images
-from fire_reg.io.images import check_image_file, image_size, read_for_width, read_image
+from fire_reg.io.images import image_size, read_for_width, read_image
 from fire_reg.io.errors import InputError
 
 
@@ -42,7 +42,7 @@ def test_bad_image_files_are_named_with_their_problem(tmp_path):
     image = np.random.default_rng(0).integers(0, 255, (200, 240, 3), dtype=np.uint8)
     good = tmp_path / "good.jpg"
     cv2.imwrite(str(good), image)
-    assert check_image_file(good) == (240, 200)
+    assert image_size(good) == (240, 200)
     data = good.read_bytes()
     cases = {"truncated.jpg": (data[:len(data) * 2 // 3], "truncated JPEG"),
              "tiny.png": (cv2.imencode(".png", image[:10, :10])[1].tobytes(), "too small"),
@@ -51,13 +51,13 @@ def test_bad_image_files_are_named_with_their_problem(tmp_path):
     cases["cut.png"] = (png[:len(png) - 20], "truncated PNG")
     for name, (content, words) in cases.items():
         (tmp_path / name).write_bytes(content)
-        for reader in (check_image_file, read_image, image_size):
+        for reader in (read_image, image_size):
             with pytest.raises(InputError, match=f"{name}.*{words}"):
                 reader(tmp_path / name)
     with pytest.raises(InputError, match="missing.jpg: file not found"):
         read_image(tmp_path / "missing.jpg")
     with pytest.raises(InputError, match="is a folder"):
-        check_image_file(tmp_path)
+        image_size(tmp_path)
 
 
 def test_a_large_valid_image_is_not_called_corrupt(tmp_path, monkeypatch):
@@ -67,9 +67,9 @@ def test_a_large_valid_image_is_not_called_corrupt(tmp_path, monkeypatch):
     from fire_reg.io.errors import InputError
 
     path = tmp_path / "wide.png"
-    cv2.imwrite(str(path), np.zeros((300, 2000, 3), np.uint8))
+    cv2.imwrite(str(path), np.zeros((600, 1000, 3), np.uint8))
     monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 500_000)
     with pytest.raises(InputError, match="too large.*limit"):
-        check_image_file(path)
+        image_size(path)
     monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 700_000)
-    assert check_image_file(path) == (2000, 300)
+    assert image_size(path) == (1000, 600)

@@ -6,7 +6,7 @@ from skimage import data
 
 from fire_reg.imaging.vessels import VesselMapSettings, fov_mask, resize_to_width
 from fire_reg.register.ecc import EccOptions, ecc_on_maps
-from fire_reg.register.fine import FineOptions, fine_stage, match_tiles, plausible_quadratic
+from fire_reg.register.fine import FineOptions, fine_stage, match_tiles
 from fire_reg.register.maps import VesselMaps
 from fire_reg import geometry
 from fire_reg.geometry import transforms
@@ -99,13 +99,13 @@ def test_ecc_refines_a_nearby_affine_start(retina):
     assert ecc_on_maps(unrelated, start).matrix is None  # reported, not raised
 
 
-def test_plausible_quadratic_rejects_fold_over():
+def test_plausibility_rejects_a_folding_quadratic():
     domain = geometry.grid_points((512, 512), 10)
     folding = transforms.Quadratic.from_forward([[0, 1, 0, -0.004, 0, 0], [0, 0, 1, 0, 0, 0]],
                                                 domain)
-    assert "folds over" in plausible_quadratic(folding, domain, 512, 0.05)
+    assert "quadratic folds over" in folding.plausibility(domain, 512, 0.05)
     gentle = transforms.Quadratic.from_forward(BENT, domain)
-    assert plausible_quadratic(gentle, domain, 512, 0.05) is None
+    assert gentle.plausibility(domain, 512, 0.05) is None
 
 
 def test_similarities_side_by_side_equal_one_by_one(retina):

@@ -6,7 +6,7 @@ from fire_reg.imaging.vessels import VesselMapSettings, vessel_map
 from fire_reg import geometry
 from fire_reg.evaluate import metrics
 from fire_reg.learn import bundle, network
-from fire_reg.io.fire import FireDataset
+from fire_reg.data.fire import FireDataset
 from fire_reg.register.registrar import Registrar
 
 
@@ -109,7 +109,7 @@ def test_register_files_returns_original_pixels(small_fire):
 
 
 def test_settings_out_of_range_are_refused(tiny_model_path):
-    for kwargs, word in (({"iterations": 0}, "iterations"), ({"refine_width": -5}, "refine width"),
+    for kwargs, word in (({"iterations": 0}, "iterations"), ({"refine_width": -5}, "refine_width"),
                          ({"transform": "spline"}, "transform"), ({"refine": "sift"}, "refine")):
         with pytest.raises(ValueError, match=word):
             Registrar(tiny_model_path, **kwargs)

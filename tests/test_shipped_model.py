@@ -8,7 +8,7 @@ import pytest
 from fire_reg import geometry
 from fire_reg.evaluate import metrics
 from fire_reg.learn.bundle import ModelSettings, default_model_path, load_model
-from fire_reg.io.fire import FireDataset
+from fire_reg.data.fire import FireDataset
 from fire_reg.imaging.vessels import VesselMapSettings
 from fire_reg.register.registrar import Registrar
 

@@ -14,7 +14,8 @@ from fire_reg.cli import main
 from fire_reg.learn.dataset_creator import DatasetCreator, PrepareConfig
 from fire_reg.io.errors import InputError
 from fire_reg.imaging.vessels import VesselMapSettings
-from fire_reg.learn.trainer import AugmentConfig, TrainConfig, Trainer, augment_batch, export_model, transform_sample
+from fire_reg.learn.augment import AugmentConfig, augment_batch, transform_sample
+from fire_reg.learn.trainer import TrainConfig, Trainer, export_model
 
 TINY_NETWORK = {"encoder_channels": [4, 8, 8, 8, 8], "trunk_units": 16}
 

@@ -1,38 +1,52 @@
 """The ``fire-reg`` command line: register, evaluate, train, export, prepare, data, demo.
 
-Exit status: 0 success, 2 bad input (one line naming the file and the problem), 1 anything else.
+Exit status: 0 success, 2 bad input (one line naming the file and the problem), 1 anything else;
+``register --batch``: 3 when some pairs failed (:mod:`fire_reg.cli.batch`); stopped by SIGINT or
+SIGTERM: 128 + the signal's number, after cleaning up (:mod:`fire_reg.cli.signals`).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
+from fire_reg import __version__
+from fire_reg.cli.options import ConfigFlags, Parser, flag_name
 from fire_reg.io.images import image_size
 from fire_reg.io.errors import InputError
 from fire_reg.io.output import exclusive_output
+from fire_reg.cli.signals import interruptible
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fire-reg", description="Learned affine registration of retinal fundus photographs.")
+    """The whole command line; flags of settings come from their config objects
+    (:class:`~fire_reg.cli.options.ConfigFlags`)."""
+    parser = Parser(prog="fire-reg",
+                    description="Learned registration of retinal fundus photographs.")
+    parser.add_argument("--version", action="version", version=f"fire-reg {__version__}",
+                        help="print the version and exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="what to do (fire-reg COMMAND --help for its flags)")
 
     register = commands.add_parser("register", help="register FIXED and MOVING (or --batch)")
     register.add_argument("fixed", nargs="?", help="fixed (reference) image")
     register.add_argument("moving", nargs="?", help="moving image, brought into the fixed frame")
     register.add_argument("--batch", help="CSV (columns fixed,moving[,id]) or FIRE-layout folder")
     register.add_argument("--out", required=True, help="output folder")
+    register.add_argument("--resume", action="store_true",
+                          help="with --batch: keep the pairs an interrupted batch with the same "
+                               "settings and model finished, run the rest")
     _registrar_options(register)
 
     evaluate = commands.add_parser("evaluate", help="FIRE protocol: model vs baselines")
     evaluate.add_argument("--fire", required=True, help="FIRE-layout folder")
     evaluate.add_argument("--out", required=True, help="output folder")
     evaluate.add_argument("--baselines", default="sift,sift-homography,orb,ecc",
-                          help="comma-separated: sift, sift-homography, orb, ecc (default "
-                               "sift,sift-homography,orb,ecc; '' for none)")
+                          help="comma-separated: sift, sift-homography, orb, ecc, mi (mutual "
+                               "information, needs fire-reg[itk]) ('' for none)")
     evaluate.add_argument("--no-model", action="store_true", help="score the baselines only")
     evaluate.add_argument("--overlays", type=int, default=2,
                           help="overlays of the N best and N worst pairs")
@@ -44,10 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data", required=True, help="shard folder from `fire-reg prepare`")
     train.add_argument("--val-data", help="validation shard folder (default: 10%% of pairs)")
     train.add_argument("--out", required=True, help="run folder")
-    train.add_argument("--config", help="JSON file of TrainConfig fields")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--steps-per-epoch", type=int)
-    train.add_argument("--batch-size", type=int)
+    train.add_argument("--config", help="JSON file of TrainConfig fields (default: the defaults)")
+    _train_flags().add_to(train)
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its last completed epoch, with its "
                             "settings, to --epochs")
@@ -62,73 +74,90 @@ def _parser() -> argparse.ArgumentParser:
     prepare = commands.add_parser("prepare", help="sample patch pairs into .npy shards")
     prepare.add_argument("--fire", required=True, help="FIRE-layout folder")
     prepare.add_argument("--out", required=True, help="shard folder")
-    prepare.add_argument("--patch-size", type=int, default=128)
-    prepare.add_argument("--per-pair", type=int, default=32)
-    prepare.add_argument("--seed", type=int, default=0)
-    prepare.add_argument("--shard-size", type=int, default=1024)
-    prepare.add_argument("--no-augment", action="store_true",
-                         help="only the pairs' real motion (no extra random affines)")
+    _prepare_flags().add_to(prepare)
 
     data = commands.add_parser("data", help="FIRE-layout data sets")
-    data_commands = data.add_subparsers(dest="data_command", required=True)
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="WHAT",
+                                        help="embedded or verify")
     embedded = data_commands.add_parser("embedded", help="write the embedded FIRE-layout set")
-    embedded.add_argument("--out", required=True)
+    embedded.add_argument("--out", required=True, help="output folder (FIRE layout)")
     embedded.add_argument("--images", help="folder of single photographs (default: skimage retina)")
     embedded.add_argument("--select", action="append",
-                          help="glob of file names in --images to use (repeatable; default all)")
-    embedded.add_argument("--per-image", help="pairs per source image, e.g. S2,P2,A1")
-    embedded.add_argument("--seed", type=int, default=0)
+                          help="glob of file names in --images to use (repeatable; default: all)")
+    embedded.add_argument("--per-image",
+                          help="pairs per source image and category, e.g. S2,P2,A1 (default: "
+                               "the generator's)")
+    embedded.add_argument("--seed", type=int, default=0, help="random seed of the set")
     embedded.add_argument("--size", type=int, help="output width in px (default: source size)")
     embedded.add_argument("--geometry", default="sphere",
-                          help="sphere (curved retina, default) or affine (the earlier generator)")
+                          help="sphere (the curved retina) or affine (the earlier generator)")
+    embedded.add_argument("--modality", default="colour",
+                          help="draw every moving photograph as this modality (red-free, fa, "
+                               "ir; geometry and ground truth unchanged)")
     verify = data_commands.add_parser("verify", help="check a FIRE folder against the manifest")
-    verify.add_argument("--fire", required=True)
+    verify.add_argument("--fire", required=True, help="FIRE-layout folder")
     verify.add_argument("--layout-only", action="store_true",
                         help="check the FIRE layout only (for sets other than the real FIRE)")
 
     demo = commands.add_parser("demo", help="embedded set -> register -> evaluate -> report")
-    demo.add_argument("--out", default="out/demo")
+    demo.add_argument("--out", default="out/demo", help="output folder")
     demo.add_argument("--model", help="a .keras model (default: the shipped weights)")
     return parser
 
 
+def _registrar_flags() -> ConfigFlags:
+    from fire_reg.register.registrar import RegistrarConfig
+
+    return ConfigFlags(RegistrarConfig, ("iterations", "refine", "refine_width", "transform",
+                                         "modality"))
+
+
+def _train_flags() -> ConfigFlags:
+    from fire_reg.learn.trainer import TrainConfig
+
+    return ConfigFlags(TrainConfig, ("epochs", "steps_per_epoch", "batch_size", "init_from",
+                                     "intra_weight"),
+                       fallback="or what --config or the resumed run says")
+
+
+def _prepare_flags() -> ConfigFlags:
+    from fire_reg.learn.dataset_creator import PrepareConfig
+
+    return ConfigFlags(PrepareConfig, ("patch_size", "per_pair", "seed", "shard_size", "augment",
+                                       "modalities", "modality_share", "fixed_modality_share"))
+
+
 def _registrar_options(parser) -> None:
     parser.add_argument("--model", help="a .keras model (default: the shipped weights)")
-    parser.add_argument("--iterations", type=int, default=2, help="network passes (coarse to fine)")
-    parser.add_argument("--refine", choices=("ecc", "none"), default="ecc",
-                        help="affine ECC refinement after the network")
-    parser.add_argument("--refine-width", type=int,
-                        help="also polish with ECC at this width in px (e.g. 1024): more "
-                             "accurate on large images, about 4x slower")
-    parser.add_argument("--transform", choices=("quadratic", "homography", "affine", "none"),
-                        default="quadratic",
-                        help="richest model of the fine stage (default quadratic: the curved "
-                             "retina; it falls back to homography, then affine, on thin "
-                             "evidence); none: network + ECC affine only")
-
-
-REGISTRAR_FLAGS = {"iterations": "--iterations", "refine width": "--refine-width",
-                   "work width": "--work-width"}
+    _registrar_flags().add_to(parser)
 
 
 def _registrar(args):
+    """The Registrar the flags ask for; a bad setting is refused before the model loads."""
     from fire_reg.register.registrar import Registrar
 
-    try:
-        return Registrar(args.model, iterations=args.iterations, refine=args.refine,
-                         refine_width=args.refine_width, transform=args.transform)
-    except ValueError as error:
-        flag = next((f for key, f in REGISTRAR_FLAGS.items() if str(error).startswith(key)),
-                    "register")
-        raise InputError(flag, str(error)) from None
+    return Registrar(args.model, _registrar_flags().config(args))
+
+
+def _check_early(args) -> None:
+    """Refuse bad registrar flags and a missing or foreign ``--model`` in milliseconds, before
+    anything is read or written and before Keras is imported."""
+    if args.command in ("register", "evaluate"):
+        _registrar_flags().config(args)
+    if getattr(args, "model", None) is not None and not getattr(args, "no_model", False):
+        from fire_reg.learn.bundle import check_model_file
+
+        check_model_file(args.model)
 
 
 def cmd_register(args) -> int:
-    from fire_reg.register.result import write_files
+    from fire_reg.register.result import OUTPUTS, write_files
 
     if args.batch and (args.fixed or args.moving):
         raise InputError(args.batch, "give either FIXED MOVING or --batch, not both")
     if not args.batch:
+        if args.resume:
+            raise InputError("--resume", "continues a batch: give --batch LIST")
         if not (args.fixed and args.moving):
             raise InputError("register", "needs FIXED and MOVING images, or --batch LIST")
         for path in (args.fixed, args.moving):  # headers checked before the model loads
@@ -136,8 +165,9 @@ def cmd_register(args) -> int:
         registrar = _registrar(args)
         result = registrar.register_files(args.fixed, args.moving)
         write_files(args.out, result, args.fixed, args.moving)
+        written = [name for name in OUTPUTS if (Path(args.out) / name).is_file()]
         print(f"{result.status}: {result.reason}; {result.seconds:.2f} s; wrote {args.out}/"
-              "transform.json, transform.tfm, warped.png, overlay.png")
+              + ", ".join(written))
         return 0
     from fire_reg.cli.batch import register_batch
 
@@ -146,7 +176,7 @@ def cmd_register(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from fire_reg.evaluate import baselines
-    from fire_reg.io import fire
+    from fire_reg.data import fire
     from fire_reg.evaluate.tester import Tester
 
     problems = fire.verify_layout(args.fire)  # bad input fails before the model loads
@@ -169,35 +199,22 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _flag_error(error) -> InputError:
-    """A setting given on the command line that its config refused (a config.FieldError),
-    named by its flag (``batch_size`` -> ``--batch-size``)."""
-    return InputError("--" + error.field.replace("_", "-"), error.problem)
-
-
 def cmd_train(args) -> int:
-    from dataclasses import replace
-
     from fire_reg.config import FieldError
     from fire_reg.learn.trainer import TrainConfig, Trainer
 
     if args.config:
-        config = TrainConfig.load(args.config)
+        base = TrainConfig.load(args.config)
     elif args.resume and (Path(args.out) / "config.json").is_file():
-        config = TrainConfig.from_run(args.out)  # the settings the run was started with
+        base = TrainConfig.from_run(args.out)  # the settings the run was started with
     else:
-        config = TrainConfig()
-    flags = {name: getattr(args, name) for name in ("epochs", "steps_per_epoch", "batch_size")
-             if getattr(args, name) is not None}
-    try:
-        config = replace(config, **flags)
-    except FieldError as error:
-        raise _flag_error(error) from None
+        base = TrainConfig()
+    config = _train_flags().config(args, base)
     try:
         trainer = Trainer(args.data, args.out, config, val_dir=args.val_data,
                           distribute=args.distribute)
-    except FieldError as error:
-        raise _flag_error(error) from None
+    except FieldError as error:  # a Trainer argument: --distribute
+        raise InputError(flag_name(error.field), error.problem) from None
     if trainer.fit(resume=args.resume) is None:
         how = "early stopping" if trainer.stopped_early else f"of {config.epochs}"
         print(f"{args.out}: the run is finished ({trainer.completed_epochs} epochs, {how}); "
@@ -216,16 +233,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from fire_reg.config import FieldError
-    from fire_reg.learn.dataset_creator import DatasetCreator, PrepareConfig
+    from fire_reg.learn.dataset_creator import DatasetCreator
 
-    try:
-        config = PrepareConfig(patch_size=args.patch_size, per_pair=args.per_pair,
-                               seed=args.seed, shard_size=args.shard_size,
-                               augment=not args.no_augment)
-    except FieldError as error:
-        raise _flag_error(error) from None
-    manifest = DatasetCreator(args.fire, args.out, config).run()
+    manifest = DatasetCreator(args.fire, args.out, _prepare_flags().config(args)).run()
     print(f"wrote {manifest['count']} samples in {len(manifest['shards'])} shards and "
           f"{args.out}/manifest.json")
     return 0
@@ -243,16 +253,17 @@ def _parse_per_image(text):
 
 def cmd_data(args) -> int:
     if args.data_command == "embedded":
-        from fire_reg.data.embedded import format_statistics, make_embedded_set
+        from fire_reg.data.embedded import make_embedded_set
+        from fire_reg.data.statistics import format_statistics
 
         summary = make_embedded_set(args.out, images=args.images, seed=args.seed, size=args.size,
                                     select=tuple(args.select or ("*",)),
                                     categories=_parse_per_image(args.per_image),
-                                    geometry=args.geometry)
+                                    geometry=args.geometry, modality=args.modality)
         print(f"wrote {len(summary['pairs'])} pairs ({summary['geometry']} geometry) to {args.out}")
         print(format_statistics(summary["statistics"]))
         return 0
-    from fire_reg.io import fire
+    from fire_reg.data import fire
 
     problems = fire.verify_layout(args.fire) if args.layout_only else fire.verify(args.fire)
     for problem in problems:
@@ -296,20 +307,26 @@ def _choose_backend(args) -> None:
 def main(argv=None) -> int:
     """Run one ``fire-reg`` command; returns the exit status."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version (0), or a parser error (2, one line)
+        return int(done.code or 0)
     _choose_backend(args)
     try:
-        out = getattr(args, "out", None)
-        if out is None:
-            return COMMANDS[args.command](args)
-        with exclusive_output(out):
-            return COMMANDS[args.command](args)
+        with interruptible():  # SIGINT, SIGTERM -> Interrupted: temporaries and lock removed
+            _check_early(args)
+            out = getattr(args, "out", None)
+            if out is None:
+                return COMMANDS[args.command](args)
+            with exclusive_output(out):
+                return COMMANDS[args.command](args)
     except InputError as error:
         print(f"fire-reg: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fire-reg: interrupted", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt as error:  # exit status 128 + the signal's number, as shells do
+        signum = getattr(error, "signum", signal.SIGINT)
+        print(f"fire-reg: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     except Exception as error:  # anything else is our fault: one line, status 1
         if args.debug:
             raise

@@ -18,7 +18,7 @@ from fire_reg.evaluate.tester import Tester
 def run_demo(out_dir, model=None, baselines=("sift", "sift-homography", "orb", "ecc")) -> Path:
     """Run the three stages; returns the path of the Markdown report."""
     from fire_reg.evaluate import baselines as classic
-    from fire_reg.io.fire import FireDataset
+    from fire_reg.data.fire import FireDataset
     from fire_reg.register.result import write_files
 
     out_dir = Path(out_dir)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from fire_reg.geometry import transforms
-from fire_reg.io.fire import CATEGORIES
+from fire_reg.data.fire import CATEGORIES
 
 THRESHOLDS = np.arange(251) / 10.0  # 0.0, 0.1, ..., 25.0 px
 FAILURE_PX = 25.0

@@ -7,14 +7,21 @@ pair and method the transform (fixed px -> moving px, original resolution), its 
 the error (mean control-point distance in FIRE-equivalent px, moving points mapped by the
 transform's ``moving_to_fixed``, see :mod:`fire_reg.evaluate.metrics`), the seconds, the status and
 the estimated error are recorded. Reference rows show what each transform model can reach at
-best: the affine, homography and quadratic fitted to the pair's own control points, and the
-identity.
+best: the affine, homography and quadratic fitted to the pair's own control points
+("ground-truth ..."), and, on an embedded set with exact dense ground truth (``Dense/``), the
+same models fitted to the dense map over the common field of view ("dense-fit ...": ten
+points overfit twelve parameters, the dense fit does not).
 
 Output folder::
 
     results.json          {"pairs": {ID: {..first method's result.., "category", "methods": {...}}},
                            "summary": {"all": {method: summary}, ...}, "trust": {...}, ...}
-    pairs/<ID>.json       each pair's entry, written as soon as the pair is done (``resume``)
+    run.json              {"fingerprint", "settings"}: what decides the results (methods with
+                          their settings and model weights, reference rows, data set), written
+                          before the first pair (:mod:`fire_reg.io.runs`)
+    pairs/<ID>.json       each pair's entry and the run's fingerprint, written as soon as the
+                          pair is done; ``resume`` reuses only entries with its own fingerprint
+                          and refuses to continue a run whose run.json records another
     report.md             tables per method, trust calibration, plots
     success_curves.png    success rate vs threshold per category
     error_boxplot.png     error distribution per method
@@ -35,11 +42,68 @@ from fire_reg.imaging.overlays import save_overlay_panel
 from fire_reg.evaluate import metrics
 from fire_reg.geometry import transforms
 from fire_reg.io.output import write_json, write_text
-from fire_reg.io.fire import FIRE_WIDTH, FireDataset, PUBLISHED_EXCLUDE
+from fire_reg.io.runs import check_continues, describe, fingerprint
+from fire_reg.data.fire import FIRE_WIDTH, FireDataset, PUBLISHED_EXCLUDE
+from fire_reg.data.ground_truth import DENSE_STEP
+from fire_reg.data.sources import lookup
+from fire_reg.io.errors import InputError
+from fire_reg.io.images import read_image
 from fire_reg.register.result import register_files
 
 REFERENCE_PREFIX = "ground-truth "
-REFERENCES = tuple(REFERENCE_PREFIX + model for model in transforms.MODELS)
+DENSE_PREFIX = "dense-fit "
+RUN_RECORD = "run.json"
+
+
+def references() -> dict[str, str]:
+    """Reference rows, ``{row name: model}``: one per registered global transform model
+    (simplest first), the best transform of that model through each pair's control points.
+    A local model (:mod:`fire_reg.geometry.local`) has none: it passes through any ten points."""
+    return {REFERENCE_PREFIX + model: model for model in transforms.model_names()
+            if not transforms.model_class(model).local}
+
+
+def dense_references(dataset: FireDataset) -> dict[str, str]:
+    """Dense reference rows, ``{row name: model}`` (the models of :func:`references`), when
+    every pair of ``dataset`` has its exact dense ground truth (``Dense/<ID>_fixed_to_moving
+    .npy``, an embedded set); {} otherwise."""
+    if not all(_dense_path(dataset.root, pair.id).is_file() for pair in dataset):
+        return {}
+    return {DENSE_PREFIX + model: model for model in references().values()}
+
+
+def _dense_path(root: Path, pair_id: str) -> Path:
+    return Path(root) / "Dense" / f"{pair_id}_fixed_to_moving.npy"
+
+
+def _embedded_records(root: Path) -> dict:
+    """{pair id: record} of an embedded set's embedded.json ({} when it has none)."""
+    try:
+        return {record["id"]: record
+                for record in json.loads((root / "embedded.json").read_text())["pairs"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def dense_fit(root, pair_id: str, model: str, aperture=None) -> transforms.Transform:
+    """The least-squares ``model`` through the exact dense map of a pair of an embedded set
+    (fixed px -> moving px, nodes every :data:`~fire_reg.data.ground_truth.DENSE_STEP` px)
+    over the common field of view: the nodes inside ``aperture`` (bool (H, W) mask of the
+    camera aperture, the same in both images of an embedded pair; None: the image) whose exact
+    image lies inside it too. The best that model can do, measured on the whole retina rather
+    than fitted to ten control points. InputError for an unreadable dense file."""
+    path = _dense_path(root, pair_id)
+    try:
+        exact = np.load(path).astype(np.float64)
+    except (OSError, ValueError) as error:
+        raise InputError(path, f"not a readable dense ground truth ({error})") from None
+    nodes = np.stack(np.meshgrid(np.arange(exact.shape[1]) * DENSE_STEP,
+                                 np.arange(exact.shape[0]) * DENSE_STEP), axis=-1)
+    nodes, exact = nodes.reshape(-1, 2).astype(np.float64), exact.reshape(-1, 2)
+    if aperture is not None:
+        common = lookup(aperture, nodes) & lookup(aperture, exact)
+        nodes, exact = nodes[common], exact[common]
+    return transforms.fit_transform(model, nodes, exact, domain=nodes)
 
 
 class Tester:
@@ -47,8 +111,9 @@ class Tester:
 
     ``methods``: objects with the method interface (``name``, ``decode_width``,
     ``register``), in report order; the first one is the method shown in the overlays.
-    ``resume``: reuse the pair results a previous, interrupted run with the same methods
-    left in ``out_dir/pairs``.
+    ``resume``: reuse the pair results an interrupted run with the same settings (the same
+    fingerprint: methods, their settings and model weights, data set) left in
+    ``out_dir/pairs``; InputError when ``out_dir/run.json`` records other settings.
     """
 
     def __init__(self, fire_root, out_dir, methods, overlays: int = 2, progress: bool = True,
@@ -64,30 +129,58 @@ class Tester:
         self.overlays = overlays
         self.progress = progress
         self.resume = resume
+        self.dense = dense_references(self.dataset)
+        self._records = _embedded_records(self.dataset.root) if self.dense else {}
 
     @property
     def names(self) -> list[str]:
-        """Rows of the report: the methods, then the reference rows."""
-        return [method.name for method in self.methods] + list(REFERENCES)
+        """Rows of the report: the methods, then the reference rows (control points, then
+        dense ground truth where the set has it)."""
+        return [method.name for method in self.methods] + list(references()) + list(self.dense)
+
+    def _aperture(self, pair_id: str):
+        """The camera aperture of a pair of an embedded set (the mask its record in
+        embedded.json names, else Masks/mask.png), bool (H, W), or None."""
+        mask = (self._records.get(pair_id, {}).get("aperture") or {}).get("mask")
+        if mask and (self.dataset.root / mask).is_file():
+            return read_image(self.dataset.root / mask).any(axis=2)
+        return self.dataset.mask()
 
     def run(self) -> dict:
         """Score every pair, write results.json, report.md and the plots; return the results."""
         for pair in self.dataset:  # bad input fails before any work is done
             pair.control_points()
             pair.check()
+        settings = self.settings()
+        run = {"fingerprint": fingerprint(settings), "settings": settings}
+        if self.resume:
+            check_continues(self.out_dir / RUN_RECORD, "this evaluation", settings)
+        write_json(self.out_dir / RUN_RECORD, run)
         pairs = {}
         for pair in tqdm(list(self.dataset), desc="evaluate", unit="pair",
                          disable=not self.progress):
-            pairs[pair.id] = self._previous(pair.id) or self._score_pair(pair)
-            write_json(self.out_dir / "pairs" / f"{pair.id}.json", pairs[pair.id])
-        results = self._results(pairs)
+            previous = self._previous(pair.id, run["fingerprint"])
+            if previous is None:
+                pairs[pair.id] = self._score_pair(pair)
+                write_json(self.out_dir / "pairs" / f"{pair.id}.json",
+                           {**pairs[pair.id], "fingerprint": run["fingerprint"]})
+            else:
+                pairs[pair.id] = previous
+        results = {**self._results(pairs), "fingerprint": run["fingerprint"]}
         self._plots(pairs)
         write_json(self.out_dir / "results.json", results)
         write_text(self.out_dir / "report.md", self._report(results))
         return results
 
-    def _previous(self, pair_id: str) -> dict | None:
-        """The pair's entry from an interrupted run when resuming and its methods match."""
+    def settings(self) -> dict:
+        """The settings record of this evaluation (:mod:`fire_reg.io.runs`): every method
+        with its settings (a model by its weights), the reference rows and the data set."""
+        return {"methods": [describe(method) for method in self.methods],
+                "references": list(references()) + list(self.dense),
+                "dataset": str(self.dataset.root.resolve())}
+
+    def _previous(self, pair_id: str, run_fingerprint: str) -> dict | None:
+        """The pair's entry from an interrupted run with this fingerprint, when resuming."""
         path = self.out_dir / "pairs" / f"{pair_id}.json"
         if not self.resume or not path.is_file():
             return None
@@ -95,7 +188,9 @@ class Tester:
             entry = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             return None
-        return entry if list(entry.get("methods", {})) == self.names else None
+        if not isinstance(entry, dict) or entry.pop("fingerprint", None) != run_fingerprint:
+            return None
+        return entry
 
     def _score_pair(self, pair) -> dict:
         fixed_pts, moving_pts = pair.control_points()
@@ -110,12 +205,22 @@ class Tester:
                 "estimated_error_px": None if estimated is None else estimated * to_fire,
                 "overlap": result.overlap, "transform_model": result.transform.model,
                 **self._errors(result.transform, fixed_pts, moving_pts, to_fire)}
-        for model, name in zip(transforms.MODELS, REFERENCES):
+        for name, model in references().items():
             fitted = transforms.fit_transform(model, fixed_pts, moving_pts)
             entries[name] = {"transform": fitted.to_dict(),
                              "matrix": fitted.best_affine(fixed_pts).tolist(),
                              "seconds": 0.0, "status": "ok", "reason":
                                  f"{model} fitted to the control points (best possible {model})",
+                             "transform_model": model,
+                             **self._errors(fitted, fixed_pts, moving_pts, to_fire)}
+        aperture = self._aperture(pair.id) if self.dense else None
+        for name, model in self.dense.items():
+            fitted = dense_fit(self.dataset.root, pair.id, model, aperture)
+            entries[name] = {"transform": fitted.to_dict(),
+                             "matrix": fitted.best_affine(fixed_pts).tolist(),
+                             "seconds": 0.0, "status": "ok", "reason":
+                                 f"{model} fitted to the exact dense map over the common field "
+                                 f"of view (best possible {model})",
                              "transform_model": model,
                              **self._errors(fitted, fixed_pts, moving_pts, to_fire)}
         main = entries[self.names[0]]
@@ -189,7 +294,11 @@ class Tester:
                  f"Errors in {results['units']}; AUC = mean success rate over thresholds "
                  "0..25 px; mAUC = mean of the S, P and A AUCs. Rows starting with "
                  f"'{REFERENCE_PREFIX}' are the best transform of that model through each "
-                 "pair's own control points: the ceiling of a method returning that model.", ""]
+                 "pair's own ten control points (fitted to the points it is scored on: "
+                 "optimistic)." + (f" Rows starting with '{DENSE_PREFIX}' are that model "
+                                   "fitted to the exact dense ground truth (Dense/) over the "
+                                   "common field of view: the ceiling of a method returning "
+                                   "that model." if self.dense else ""), ""]
         for scope, summaries in results["summary"].items():
             title = "All pairs" if scope == "all" else "Without P37 (published convention, 133 pairs)"
             lines += [f"## {title}", "", metrics.markdown_table(summaries), ""]

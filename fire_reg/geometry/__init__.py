@@ -2,7 +2,11 @@
 
 * :mod:`fire_reg.geometry.matrices`: 2x3 affine matrices (fit, compose, invert, rescale,
   letterbox, normalised <-> pixel, parameters), re-exported here as ``geometry.<name>``.
-* :mod:`fire_reg.geometry.transforms`: the transform models (affine, homography, quadratic).
+* :mod:`fire_reg.geometry.transforms`: the transform models (affine, homography, quadratic),
+  :func:`~fire_reg.geometry.transforms.fit_transform` and the JSON schema; built on
+  :mod:`~fire_reg.geometry.transform_base` (the ``Transform`` base class and exact inverse),
+  :mod:`~fire_reg.geometry.registry` (models by name) and :mod:`~fire_reg.geometry.warping`
+  (resampling any dtype and size).
 
 Everything maps **fixed-image px -> moving-image px**; (x, y) with x right, y down and (0, 0)
 the centre of the top-left pixel.

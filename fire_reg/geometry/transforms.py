@@ -3,18 +3,22 @@
 Conventions (as :mod:`fire_reg.geometry`)
 ---------------------------------------
 * Points are ``(x, y)`` pixels, x right, y down, (0, 0) the centre of the top-left pixel.
-* Every transform maps **fixed-image px to moving-image px** (:meth:`Transform.fixed_to_moving`)
-  and back (:meth:`Transform.moving_to_fixed`). Warping the moving image into the fixed frame
-  samples it at ``fixed_to_moving(p)`` for each fixed pixel p (:meth:`Transform.warp`); FIRE
-  control points of the moving image come into the fixed frame through ``moving_to_fixed``.
+* Every transform maps **fixed-image px to moving-image px** (``T(points)`` =
+  :meth:`Transform.fixed_to_moving`) and back (:meth:`Transform.moving_to_fixed`;
+  ``T.inverse`` is the Transform of the other direction, exact). Warping the moving image into
+  the fixed frame samples it at ``fixed_to_moving(p)`` for each fixed pixel p
+  (:meth:`Transform.warp`); FIRE control points of the moving image come into the fixed frame
+  through ``moving_to_fixed``.
 * ``affine``: a 2x3 matrix ``[x_m, y_m] = A @ [x, y, 1]``. ``homography``: a 3x3 matrix in
   homogeneous coordinates. ``quadratic`` (12 parameters): ``x_m = a . q(x, y)`` and
-  ``y_m = b . q(x, y)`` with ``q = [1, x, y, x^2, x y, y^2]``, coefficients ``[a, b]`` (2x6).
-  A quadratic has no closed-form inverse, and the inverse of a quadratic is not one: the
-  stored ``moving_to_fixed`` coefficients are the quadratic fitted to the inverse over the
-  domain the map was made for (the common field of view; how far they are off there is
-  :meth:`Quadratic.coefficient_inverse_error`), and :meth:`Quadratic.moving_to_fixed` starts
-  from them and solves ``fixed_to_moving(p) = q`` by Newton's method, exact to 1e-6 px.
+  ``y_m = b . q(x, y)`` with ``q = [1, x, y, x^2, x y, y^2]``, coefficients ``[a, b]`` (2x6):
+  exactly the ``params`` of scikit-image's ``PolynomialTransform`` of order 2
+  (:meth:`Transform.to_skimage`). A quadratic has no closed-form inverse, and the inverse of
+  a quadratic is not one: the stored ``moving_to_fixed`` coefficients are the quadratic
+  fitted to the inverse over the domain the map was made for (the common field of view; how
+  far they are off there is :meth:`Quadratic.coefficient_inverse_error`), and
+  :meth:`Quadratic.moving_to_fixed` starts from them and solves ``fixed_to_moving(p) = q``
+  by Newton's method, exact to 1e-6 px.
 * ``to_dict`` gives the schema of ``transform.json`` and ``results.json``::
 
       {"model": "quadratic", "fixed_to_moving": [[a0..a5], [b0..b5]],
@@ -22,113 +26,63 @@ Conventions (as :mod:`fire_reg.geometry`)
 
   (2x3 arrays for an affine, 3x3 for a homography), float64; :func:`transform_from_dict`
   reads it back.
+* Each model is one class registered in :mod:`fire_reg.geometry.registry` (name, parameter
+  count, minimum points and inliers, fit, schema, exact inverse, Jacobian); a new model is a
+  class decorated with :func:`register_model`. :func:`fit_transform` and
+  :func:`transform_from_dict` find models there.
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import cv2
 import numpy as np
+from skimage import transform as sktransform
 
 from fire_reg import geometry
+from fire_reg.geometry.registry import (model_class, model_classes, model_names, register_model,
+                                        unregister_model)
+from fire_reg.geometry import warping
+from fire_reg.geometry.local import Local  # registers "local" (quadratic + B-spline grid)
+from fire_reg.geometry.transform_base import Inverse, Transform, _points
 
-MODELS = ("affine", "homography", "quadratic")
-MIN_POINTS = {"affine": 3, "homography": 4, "quadratic": 6}
-
-
-def model_names() -> tuple[str, ...]:
-    """The registered transform models, simplest first (what the fine stage falls back along,
-    what ``--transform`` offers)."""
-    return MODELS
-
-
-def _points(points) -> np.ndarray:
-    return np.asarray(points, dtype=np.float64).reshape(-1, 2)
+__all__ = ["Affine", "Homography", "Inverse", "Local", "Quadratic", "Transform", "as_transform",
+           "control_point_errors", "fit_transform", "model_class", "model_classes",
+           "model_names", "quadratic_terms", "register_model", "transform_from_dict",
+           "unregister_model"]
 
 
-class Transform(ABC):
-    """A map fixed px -> moving px with its inverse; subclasses hold the arrays."""
-
-    model: str = ""
-    parameters: int = 0
-
-    @abstractmethod
-    def fixed_to_moving(self, points) -> np.ndarray:
-        """Map (N, 2) fixed-image points to the moving image."""
-
-    @abstractmethod
-    def moving_to_fixed(self, points) -> np.ndarray:
-        """Map (N, 2) moving-image points to the fixed image."""
-
-    @abstractmethod
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(fixed_to_moving, moving_to_fixed) arrays of the schema."""
-
-    @abstractmethod
-    def composed(self, moving_affine, fixed_affine) -> "Transform":
-        """``moving_affine o self o fixed_affine^-1`` (both 2x3 or 3x3): the same map seen in
-        other pixel grids, e.g. ``geometry.scaling`` for another resolution."""
-
-    def rescaled(self, fixed_scale, moving_scale) -> "Transform":
-        """The same map at other resolutions; scales are (sx, sy) or one float, new px per old
-        px of each image (pixel centres kept consistent as in :func:`geometry.rescale`)."""
-        return self.composed(geometry.scaling(moving_scale), geometry.scaling(fixed_scale))
-
-    def to_dict(self) -> dict:
-        """``{"model", "fixed_to_moving", "moving_to_fixed"}`` (plain lists)."""
-        forward, backward = self.arrays()
-        return {"model": self.model, "fixed_to_moving": forward.tolist(),
-                "moving_to_fixed": backward.tolist()}
-
-    def best_affine(self, points) -> np.ndarray:
-        """Least-squares 2x3 affine of this map over (N, 2) fixed points (e.g. a grid over the
-        common field of view): the ``"matrix"`` kept for tools that read only matrices."""
-        points = _points(points)
-        return geometry.fit_affine(points, self.fixed_to_moving(points))[0]
-
-    def warp(self, moving: np.ndarray, fixed_size, border_value: float = 0.0) -> np.ndarray:
-        """The moving image resampled into a fixed frame of ``fixed_size`` = (W, H): output
-        pixel p reads the moving image at ``fixed_to_moving(p)`` (bilinear, ``border_value``
-        outside), after ``cv2.pyrDown`` of the moving image where the map shrinks it 2x or more
-        (no aliasing). Colour is kept."""
-        map_x, map_y = self.dense_map(fixed_size)
-        moving = np.ascontiguousarray(moving)
-        shrink = np.sqrt(abs(np.linalg.det(self.best_affine(geometry.grid_points(fixed_size))[:, :2])))
-        while shrink >= 2.0 and min(moving.shape[:2]) >= 8:
-            moving = cv2.pyrDown(moving)
-            map_x, map_y = map_x / 2.0, map_y / 2.0  # pyrDown keeps the even pixels: x / 2
-            shrink /= 2.0
-        return cv2.remap(moving, map_x, map_y, cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
-
-    def dense_map(self, fixed_size) -> tuple[np.ndarray, np.ndarray]:
-        """(map_x, map_y) float32 (H, W): ``fixed_to_moving`` of every pixel of a fixed frame
-        of ``fixed_size`` = (W, H), as ``cv2.remap`` takes them."""
-        width, height = (int(v) for v in fixed_size)
-        xs, ys = np.meshgrid(np.arange(width, dtype=np.float64),
-                             np.arange(height, dtype=np.float64))
-        mapped = self.fixed_to_moving(np.stack([xs.ravel(), ys.ravel()], axis=1))
-        return (mapped[:, 0].reshape(height, width).astype(np.float32),
-                mapped[:, 1].reshape(height, width).astype(np.float32))
-
-    def inverse_error(self, points) -> float:
-        """Largest distance (px) between p and ``moving_to_fixed(fixed_to_moving(p))`` over
-        (N, 2) fixed points."""
-        points = _points(points)
-        back = self.moving_to_fixed(self.fixed_to_moving(points))
-        return float(np.linalg.norm(back - points, axis=1).max()) if len(points) else 0.0
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.arrays()[0].round(6).tolist()})"
-
-
+@register_model
 class Affine(Transform):
     """2x3 affine matrix, fixed px -> moving px."""
 
-    model, parameters = "affine", 6
+    model, parameters, min_points, min_inliers, weighted = "affine", 6, 3, 6, True
 
     def __init__(self, matrix):
         self.matrix = geometry.as_3x3(matrix)[:2]
+
+    @classmethod
+    def fit(cls, fixed, moving, weights=None, domain=None) -> "Affine":
+        """Least squares ``moving ~ A fixed`` over (N, 2) point pairs, optionally weighted."""
+        if weights is None:
+            return cls(geometry.fit_affine(fixed, moving)[0])
+        design = np.hstack([fixed, np.ones((len(fixed), 1))])
+        root = np.sqrt(np.asarray(weights, dtype=np.float64))[:, None]
+        solution, *_ = np.linalg.lstsq(design * root, moving * root, rcond=None)
+        return cls(solution.T)
+
+    @classmethod
+    def from_arrays(cls, forward, backward=None) -> "Affine":
+        return cls(forward)
+
+    @classmethod
+    def _from_skimage(cls, transform, domain) -> "Affine | None":
+        params = getattr(transform, "params", None)
+        if (isinstance(transform, sktransform.ProjectiveTransform) and params.shape == (3, 3)
+                and np.array_equal(params[2], [0.0, 0.0, 1.0])):
+            return cls(params[:2])
+        return None
+
+    def to_skimage(self) -> sktransform.AffineTransform:
+        return sktransform.AffineTransform(matrix=geometry.as_3x3(self.matrix))
 
     def fixed_to_moving(self, points) -> np.ndarray:
         return geometry.apply(self.matrix, points)
@@ -136,6 +90,12 @@ class Affine(Transform):
     def moving_to_fixed(self, points) -> np.ndarray:
         return geometry.apply(geometry.invert(self.matrix), points)
 
+    @property
+    def inverse(self) -> "Affine":
+        return Affine(geometry.invert(self.matrix))
+
+    def jacobian(self, points) -> np.ndarray:
+        return np.broadcast_to(self.matrix[:, :2], (len(_points(points)), 2, 2)).copy()
     def arrays(self):
         return self.matrix.copy(), geometry.invert(self.matrix)
 
@@ -145,18 +105,53 @@ class Affine(Transform):
     def best_affine(self, points=None) -> np.ndarray:
         return self.matrix.copy()
 
-    def warp(self, moving, fixed_size, border_value: float = 0.0) -> np.ndarray:
-        return geometry.resample(moving, self.matrix, fixed_size, border_value)
+    def warp(self, moving, fixed_size=None, border_value: float = 0.0,
+             order: int = 1) -> np.ndarray:
+        """As :meth:`Transform.warp`; bilinear through ``cv2.warpAffine`` (``WARP_INVERSE_MAP``,
+        :func:`geometry.resample`), the other orders through the general path."""
+        if order != 1:
+            return super().warp(moving, fixed_size, border_value, order)
+        moving = np.asarray(moving)
+        if fixed_size is None:
+            fixed_size = (moving.shape[1], moving.shape[0])
+        return warping.sample(moving, order, border_value, lambda image, flag, border:
+                              geometry.resample(image, self.matrix, fixed_size, border))
 
 
+@register_model
 class Homography(Transform):
     """3x3 homography, fixed px -> moving px in homogeneous coordinates (normalised H[2,2]=1)."""
 
-    model, parameters = "homography", 8
+    model, parameters, min_points, min_inliers = "homography", 8, 4, 12
 
     def __init__(self, matrix):
         matrix = np.asarray(matrix, dtype=np.float64).reshape(3, 3)
         self.matrix = matrix / matrix[2, 2]
+
+    @classmethod
+    def fit(cls, fixed, moving, weights=None, domain=None) -> "Homography":
+        """Least squares (``cv2.findHomography``, method 0) over (N, 2) point pairs; it takes
+        no weights. ValueError for a degenerate configuration."""
+        if weights is not None:
+            raise ValueError("a homography fit takes no weights")
+        matrix, _ = cv2.findHomography(fixed, moving, 0)
+        if matrix is None:
+            raise ValueError("no homography fits these points (degenerate configuration)")
+        return cls(matrix)
+
+    @classmethod
+    def from_arrays(cls, forward, backward=None) -> "Homography":
+        return cls(forward)
+
+    @classmethod
+    def _from_skimage(cls, transform, domain) -> "Homography | None":
+        if (isinstance(transform, sktransform.ProjectiveTransform)
+                and transform.params.shape == (3, 3)):
+            return cls(transform.params)
+        return None
+
+    def to_skimage(self) -> sktransform.ProjectiveTransform:
+        return sktransform.ProjectiveTransform(matrix=self.matrix.copy())
 
     @staticmethod
     def _apply(matrix, points) -> np.ndarray:
@@ -169,6 +164,18 @@ class Homography(Transform):
 
     def moving_to_fixed(self, points) -> np.ndarray:
         return self._apply(np.linalg.inv(self.matrix), points)
+
+    @property
+    def inverse(self) -> "Homography":
+        return Homography(np.linalg.inv(self.matrix))
+
+    def jacobian(self, points) -> np.ndarray:
+        """``(H[i, j] - m_i H[2, j]) / w`` at each point, m the mapped point, w its weight."""
+        points = _points(points)
+        w = np.hstack([points, np.ones((len(points), 1))]) @ self.matrix[2]
+        mapped = self.fixed_to_moving(points)
+        return ((self.matrix[None, :2, :2] - mapped[:, :, None] * self.matrix[None, 2:3, :2])
+                / w[:, None, None])
 
     def arrays(self):
         inverse = np.linalg.inv(self.matrix)
@@ -199,14 +206,64 @@ def _substitution(affine) -> np.ndarray:
                      product(x, x), product(x, y), product(y, y)])
 
 
+@register_model
 class Quadratic(Transform):
-    """12-parameter quadratic map fixed px -> moving px and its fitted inverse (both 2x6)."""
+    """12-parameter quadratic map fixed px -> moving px and its fitted inverse (both 2x6).
 
-    model, parameters = "quadratic", 12
+    Flexible: the fine stage and trust check that its evidence covers the common field of
+    view, that it does not fold over and does not bend far from an affine.
+    """
+
+    model, parameters, min_points, min_inliers = "quadratic", 12, 6, 24
+    weighted, flexible = True, True
 
     def __init__(self, forward, backward):
         self.forward = np.asarray(forward, dtype=np.float64).reshape(2, 6)
         self.backward = np.asarray(backward, dtype=np.float64).reshape(2, 6)
+
+    @classmethod
+    def fit(cls, fixed, moving, weights=None, domain=None) -> "Quadratic":
+        """Least squares (optionally weighted) over (N, 2) point pairs; the inverse is fitted
+        over ``domain`` (default: the fixed points' bounding box, 20 x 20 grid)."""
+        fixed = _points(fixed)
+        if domain is None:
+            low, high = fixed.min(axis=0), fixed.max(axis=0)
+            xs, ys = np.meshgrid(np.linspace(low[0], high[0], 20),
+                                 np.linspace(low[1], high[1], 20))
+            domain = np.stack([xs.ravel(), ys.ravel()], axis=1)
+        return cls.from_forward(_fit_quadratic(fixed, moving, weights), domain)
+
+    @classmethod
+    def from_arrays(cls, forward, backward=None) -> "Quadratic":
+        if backward is None:
+            raise ValueError("a quadratic needs its moving_to_fixed coefficients")
+        return cls(forward, backward)
+
+    @classmethod
+    def _from_skimage(cls, transform, domain) -> "Quadratic | None":
+        params = getattr(transform, "params", None)
+        if not isinstance(transform, sktransform.PolynomialTransform) or params.shape != (2, 6):
+            return None
+        if domain is None:
+            raise ValueError("a quadratic from scikit-image needs the domain ((N, 2) fixed "
+                             "points where it is used) to fit its inverse over")
+        return cls.from_forward(params, domain)
+
+    def to_skimage(self) -> sktransform.PolynomialTransform:
+        """scikit-image's ``PolynomialTransform`` (order 2): its ``params`` are our forward
+        coefficients, in the same order ``[1, x, y, x^2, x y, y^2]``."""
+        return sktransform.PolynomialTransform(self.forward.copy())
+
+    def for_domain(self, domain) -> "Quadratic":
+        """The same forward map with its inverse coefficients fitted over ``domain``."""
+        return Quadratic.from_forward(self.forward, domain)
+
+    def jacobian(self, points) -> np.ndarray:
+        x, y = _points(points).T
+        (_, a1, a2, a3, a4, a5), (_, b1, b2, b3, b4, b5) = self.forward
+        return np.stack([np.stack([a1 + 2 * a3 * x + a4 * y, a2 + a4 * x + 2 * a5 * y], axis=1),
+                         np.stack([b1 + 2 * b3 * x + b4 * y, b2 + b4 * x + 2 * b5 * y], axis=1)],
+                        axis=1)
 
     @classmethod
     def from_forward(cls, forward, domain) -> "Quadratic":
@@ -225,11 +282,8 @@ class Quadratic(Transform):
         inverse quadratic (a point whose Jacobian is singular keeps its last estimate)."""
         targets = _points(points)
         estimate = quadratic_terms(targets) @ self.backward.T
-        (_, a1, a2, a3, a4, a5), (_, b1, b2, b3, b4, b5) = self.forward
         for _ in range(iterations):
-            x, y = estimate.T
-            jacobian = np.array([[a1 + 2 * a3 * x + a4 * y, a2 + a4 * x + 2 * a5 * y],
-                                 [b1 + 2 * b3 * x + b4 * y, b2 + b4 * x + 2 * b5 * y]])
+            jacobian = self.jacobian(estimate).transpose(1, 2, 0)  # (2, 2, N)
             residual = (self.fixed_to_moving(estimate) - targets).T
             det = jacobian[0, 0] * jacobian[1, 1] - jacobian[0, 1] * jacobian[1, 0]
             safe = np.abs(det) > 1e-12
@@ -289,35 +343,19 @@ def _fit_quadratic(src, dst, weights=None) -> np.ndarray:
 
 
 def fit_transform(model: str, fixed_pts, moving_pts, domain=None, weights=None) -> Transform:
-    """Least-squares ``model`` transform with ``moving ~ T(fixed)`` over point pairs.
+    """Least-squares ``model`` transform (a registered name) with ``moving ~ T(fixed)`` over
+    point pairs.
 
     ``domain``: (N, 2) fixed points over which a quadratic's inverse is fitted (default: the
-    fixed points' bounding box, 20 x 20 grid). ``weights``: per-pair weights (affine and
-    quadratic). ValueError for an unknown model or too few points.
+    fixed points' bounding box, 20 x 20 grid). ``weights``: per-pair weights (models with
+    ``weighted``: affine, quadratic). ValueError for an unknown model or too few points.
     """
+    cls = model_class(model)
     fixed_pts, moving_pts = _points(fixed_pts), _points(moving_pts)
-    if model not in MODELS:
-        raise ValueError(f"unknown transform model {model!r}; choose from {', '.join(MODELS)}")
-    if len(fixed_pts) != len(moving_pts) or len(fixed_pts) < MIN_POINTS[model]:
-        raise ValueError(f"a {model} needs at least {MIN_POINTS[model]} point pairs, "
+    if len(fixed_pts) != len(moving_pts) or len(fixed_pts) < cls.min_points:
+        raise ValueError(f"a {model} needs at least {cls.min_points} point pairs, "
                          f"got {len(fixed_pts)}")
-    if model == "affine":
-        if weights is None:
-            return Affine(geometry.fit_affine(fixed_pts, moving_pts)[0])
-        design = np.hstack([fixed_pts, np.ones((len(fixed_pts), 1))])
-        root = np.sqrt(np.asarray(weights, dtype=np.float64))[:, None]
-        solution, *_ = np.linalg.lstsq(design * root, moving_pts * root, rcond=None)
-        return Affine(solution.T)
-    if model == "homography":
-        matrix, _ = cv2.findHomography(fixed_pts, moving_pts, 0)
-        if matrix is None:
-            raise ValueError("no homography fits these points (degenerate configuration)")
-        return Homography(matrix)
-    if domain is None:
-        low, high = fixed_pts.min(axis=0), fixed_pts.max(axis=0)
-        xs, ys = np.meshgrid(np.linspace(low[0], high[0], 20), np.linspace(low[1], high[1], 20))
-        domain = np.stack([xs.ravel(), ys.ravel()], axis=1)
-    return Quadratic.from_forward(_fit_quadratic(fixed_pts, moving_pts, weights), domain)
+    return cls.fit(fixed_pts, moving_pts, weights=weights, domain=domain)
 
 
 def control_point_errors(transform, fixed_pts, moving_pts) -> np.ndarray:
@@ -334,13 +372,6 @@ def as_transform(value) -> Transform:
 
 
 def transform_from_dict(data: dict) -> Transform:
-    """Read the ``transform`` schema back (ValueError for an unknown model or bad arrays)."""
-    model = data.get("model")
-    forward = np.asarray(data.get("fixed_to_moving"), dtype=np.float64)
-    if model == "affine":
-        return Affine(forward)
-    if model == "homography":
-        return Homography(forward)
-    if model == "quadratic":
-        return Quadratic(forward, np.asarray(data.get("moving_to_fixed"), dtype=np.float64))
-    raise ValueError(f"unknown transform model {model!r}; choose from {', '.join(MODELS)}")
+    """Read the ``transform`` schema back through the registry (ValueError for an unknown
+    model or bad arrays); the same as ``Transform.from_dict``."""
+    return Transform.from_dict(data)

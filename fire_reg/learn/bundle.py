@@ -1,67 +1,30 @@
 """The model bundle: a fire-reg ``.keras`` file that says how to apply it.
 
 Every model :func:`fire_reg.learn.network.build_model` makes (so every checkpoint the Trainer
-writes, and every exported model) carries its :class:`ModelSettings` inside the file, in the
-config of an identity layer named ``settings`` (:class:`fire_reg.learn.network.SettingsLayer`) on
-the matrix output: the input size, how the inputs are made (vessel maps,
-:class:`fire_reg.imaging.vessels.VesselMapSettings`), the letterbox and matrix conventions, and a
-summary of the training data. :func:`load_model` returns the model with its settings and
-refuses a file without them; :func:`card` is the JSON card ``fire-reg export`` writes beside
-the model, from the same settings.
+writes, and every exported model) carries its :class:`~fire_reg.learn.settings.ModelSettings`
+inside the file, in the config of an identity layer named ``settings``
+(:class:`fire_reg.learn.network.SettingsLayer`) on the matrix output: the input size, how the
+inputs are made (vessel maps, :class:`fire_reg.imaging.vessels.VesselMapSettings`), the
+letterbox and matrix conventions, and a summary of the training data. :func:`load_model` returns the model with its settings and
+refuses a file without them; :func:`check_model_file` refuses a missing or foreign file
+before Keras is imported; :func:`card` is the JSON card ``fire-reg export`` writes beside
+the model, from the same settings. The settings and the names of a fire-reg model live in
+:mod:`fire_reg.learn.settings` (read by the network too).
 
 This module imports Keras only inside its functions.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import json
+import zipfile
 from importlib import resources
 from pathlib import Path
 
-from fire_reg.config import Config, FieldError
 from fire_reg.io.errors import InputError
 from fire_reg.io.output import atomic_path
-from fire_reg.imaging.vessels import VesselMapSettings
-
-MODEL_NAME = "fire_reg_affine"
-SETTINGS_LAYER = "settings"
-INPUTS = ("fixed", "moving")
-OUTPUTS = ("matrix", "warped", "matches")
-LETTERBOXES = {"centre": "each image scaled so that its longer side fills the square input, "
-                         "centred, zero padding (fire_reg.geometry.letterbox)"}
-MATRICES = {"normalized_fixed_to_moving": "2x3; maps normalised coordinates of the fixed input "
-                                          "(u = (2 x + 1) / S - 1, pixel centres) to those of "
-                                          "the moving input (fire_reg.geometry)"}
-
-
-@dataclass(frozen=True)
-class ModelSettings(Config):
-    """How to apply a model: what a ``.keras`` file of fire-reg carries besides its weights.
-
-    ``input_size``: side in px of the square network input. ``preprocessing``: the vessel
-    maps both photographs become (:func:`fire_reg.imaging.vessels.vessel_map` with these settings,
-    at ``preprocessing.work_width`` px) before they are letterboxed. ``letterbox`` and
-    ``matrix``: the conventions (keys of LETTERBOXES and MATRICES). ``training_data``: what
-    the model was trained on (``Trainer.training_data()``: shard summaries), None when it
-    was not trained by fire-reg's Trainer.
-    """
-
-    input_size: int = 128
-    preprocessing: VesselMapSettings = field(default_factory=VesselMapSettings)
-    letterbox: str = "centre"
-    matrix: str = "normalized_fixed_to_moving"
-    training_data: dict | None = None
-
-    def __post_init__(self):
-        self._integer("input_size", low=16)
-        self._nested("preprocessing", VesselMapSettings)
-        for name, known in (("letterbox", LETTERBOXES), ("matrix", MATRICES)):
-            if getattr(self, name) not in known:
-                raise FieldError(name, f"must be one of {sorted(known)}, got "
-                                       f"{getattr(self, name)!r}")
-        if self.training_data is not None and not isinstance(self.training_data, dict):
-            raise FieldError("training_data", f"must be an object or null, got "
-                                              f"{self.training_data!r}")
+from fire_reg.learn.settings import (INPUTS, LETTERBOXES, MATRICES, MODEL_NAME, OUTPUTS,
+                                     SETTINGS_LAYER, ModelSettings)
 
 
 def default_model_path() -> Path:
@@ -127,20 +90,41 @@ def card(model_path, model, settings: ModelSettings) -> dict:
                             "matrix": MATRICES[settings.matrix]}}
 
 
+def check_model_file(path) -> Path:
+    """The checks of a model file that need no Keras (milliseconds): InputError naming the file
+    when it is missing or unreadable, not a Keras archive (a zip holding ``config.json``), or
+    a Keras model other than fire-reg's (its config names another model). Returns the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a folder, not a model file")
+    if not path.is_file():
+        raise InputError(path, "model file not found")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except PermissionError:
+        raise InputError(path, "permission denied") from None
+    except KeyError:
+        raise InputError(path, "not a readable Keras model (a zip without config.json)") from None
+    except (zipfile.BadZipFile, OSError, ValueError) as error:  # ValueError: JSON, encoding
+        raise InputError(path, f"not a readable Keras model ({type(error).__name__}: not a "
+                               ".keras archive)") from None
+    name = config.get("config", {}).get("name") if isinstance(config, dict) else None
+    if name != MODEL_NAME:
+        raise InputError(path, f"not a fire-reg model (model {name!r}; expected "
+                               f"{MODEL_NAME!r})")
+    return path
+
+
 def _load_fire_reg_model(path: Path):
     """A fire-reg network from a .keras file (with or without settings), or InputError."""
+    check_model_file(path)
     import keras
 
     import fire_reg.learn.network  # noqa: F401  (registers fire-reg's layers with Keras)
 
-    if not path.is_file():
-        raise InputError(path, "model file not found")
     try:
-        with open(path, "rb"):
-            pass
         model = keras.saving.load_model(path, compile=False)
-    except PermissionError:
-        raise InputError(path, "permission denied") from None
     except Exception as error:  # Keras raises many types for a bad archive
         raise InputError(path, f"not a readable Keras model ({type(error).__name__})") from None
     inputs, outputs = _keys(model, "input"), _keys(model, "output")

@@ -19,6 +19,7 @@ The network regresses from the geometry of the correlation, not from image appea
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import keras
@@ -26,8 +27,9 @@ import numpy as np
 from keras import layers, ops
 
 from fire_reg import geometry
-from fire_reg.learn.bundle import MODEL_NAME, ModelSettings, SETTINGS_LAYER
-from fire_reg.config import NetworkConfig
+from fire_reg.imaging import similarity
+from fire_reg.config import FieldError, NetworkConfig
+from fire_reg.learn.settings import MODEL_NAME, SETTINGS_LAYER, ModelSettings
 
 
 def _cell_centres(height: int, width: int) -> np.ndarray:
@@ -208,7 +210,7 @@ class BilinearWarp(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="fire_reg")
 class SettingsLayer(layers.Layer):
-    """Identity whose config carries the model's settings (:class:`fire_reg.learn.bundle.ModelSettings`
+    """Identity whose config carries the model's settings (:class:`fire_reg.learn.settings.ModelSettings`
     as JSON), so that every saved ``.keras`` file says how to apply it; read them with
     :func:`fire_reg.learn.bundle.load_model`."""
 
@@ -250,17 +252,20 @@ def build_model(config: NetworkConfig | dict | None = None,
     Inputs ``{"fixed", "moving"}`` (B, S, S, 1) float32; outputs ``{"matrix": (B, 2, 3)
     normalised fixed -> moving, "warped": (B, S, S, 1) moving image in the fixed frame,
     "matches": (B, g*g, g*g) match logits of the g = S/8 cell grid}``. ``settings`` (default:
-    the default preprocessing, no training data) go into the model (:class:`SettingsLayer`);
-    their input size must be the config's.
+    the default preprocessing, no training data) go into the model (:class:`SettingsLayer`).
+    The input size S is the settings' (the config may leave it out, or must name the same).
     """
     if config is None:
         config = NetworkConfig()
     elif isinstance(config, dict):
         config = NetworkConfig.from_dict(config)
-    settings = settings or ModelSettings(input_size=config.input_size)
-    if settings.input_size != config.input_size:
-        raise ValueError(f"settings are for a {settings.input_size} px input, the network "
-                         f"takes {config.input_size} px")
+    if settings is None:
+        settings = ModelSettings(**({} if config.input_size is None
+                                    else {"input_size": config.input_size}))
+    elif config.input_size not in (None, settings.input_size):
+        raise FieldError("input_size", f"is {config.input_size} px, but the settings are for a "
+                                       f"{settings.input_size} px input")
+    config = dataclasses.replace(config, input_size=settings.input_size)
     size = config.input_size
     fixed = keras.Input((size, size, 1), name="fixed")
     moving = keras.Input((size, size, 1), name="moving")
@@ -355,21 +360,69 @@ def match_loss(y_true, logits):
 def masked_ncc_loss(fixed, warped, eps: float = 1e-6):
     """``1 - NCC`` of two (B, H, W, C) images over the pixels where both are > 0.
 
-    NCC is computed per sample inside the joint field of view (fixed > 0 and warped > 0) and
-    the losses are averaged over the batch (scalar, in [0, 2]).
+    NCC (:func:`fire_reg.imaging.similarity.ncc`, the measure the Registrar scores alignments
+    with, here over ``keras.ops``) is computed per sample inside the joint field of view
+    (fixed > 0 and warped > 0) and the losses are averaged over the batch (scalar, in [0, 2]).
     """
     fixed = ops.cast(fixed, warped.dtype)
     mask = ops.cast((fixed > 0) & (warped > 0), warped.dtype)
     axes = tuple(range(1, len(warped.shape)))
-    count = ops.sum(mask, axis=axes, keepdims=True) + eps
+    return ops.mean(1.0 - similarity.ncc(fixed, warped, mask, axis=axes, eps=eps, xp=ops))
 
-    def centred(x):
-        return (x - ops.sum(x * mask, axis=axes, keepdims=True) / count) * mask
 
-    f, w = centred(fixed), centred(warped)
-    ncc = ops.sum(f * w, axis=axes) / ops.sqrt(
-        ops.sum(ops.square(f), axis=axes) * ops.sum(ops.square(w), axis=axes) + eps)
+@keras.saving.register_keras_serializable(package="fire_reg")
+def intra_modality_loss(y_true, y_pred, eps: float = 1e-6):
+    """``1 - NCC`` of the fixed patch and the moving patch **in the fixed patch's modality**
+    warped by the predicted matrix, inside both fields of view (the classic recipe for training
+    across modalities: the network sees the pair in two modalities, the loss compares like with
+    like).
+
+    ``y_true`` (B, S, S, 2): the fixed patch's vessel map and its field of view (0 / 1);
+    ``y_pred`` (B, S, S, 2): the same-modality moving map and its field of view warped into
+    the fixed frame by :class:`BilinearWarp` with the predicted matrix (the ``intra`` output
+    of :func:`training_model`), so the gradient reaches the matrix through the map. NCC is
+    :func:`fire_reg.imaging.similarity.ncc` over the pixels where both fields of view are
+    > 0.5 (a mask without gradient), per sample; the losses are averaged (scalar in [0, 2]).
+    """
+    y_true = ops.cast(y_true, y_pred.dtype)
+    mask = ops.cast((y_true[..., 1:] > 0.5) & (y_pred[..., 1:] > 0.5), y_pred.dtype)
+    ncc = similarity.ncc(y_true[..., :1], y_pred[..., :1], mask, axis=(1, 2, 3), eps=eps, xp=ops)
     return ops.mean(1.0 - ncc)
+
+
+INTRA_INPUT = "intra_moving"
+"""Extra input of :func:`training_model`: the same-modality moving map and its field of view."""
+
+
+def training_model(model: keras.Model) -> keras.Model:
+    """``model`` with an intra-modality output, for training only (the fire-reg model inside
+    is what is saved and shipped; this wrapper adds no weights).
+
+    Inputs ``{"fixed", "moving", "intra_moving": (B, S, S, 2)}`` (the moving patch in the fixed
+    patch's modality and its field of view); outputs the model's plus ``"intra"``: that input
+    warped into the fixed frame with the predicted ``matrix`` (:class:`BilinearWarp`), for
+    :func:`intra_modality_loss`.
+    """
+    size = model.input["fixed"].shape[1]
+    inputs = {name: keras.Input((size, size, 1), name=name) for name in ("fixed", "moving")}
+    inputs[INTRA_INPUT] = keras.Input((size, size, 2), name=INTRA_INPUT)
+    outputs = dict(model({"fixed": inputs["fixed"], "moving": inputs["moving"]}))
+    outputs["intra"] = BilinearWarp(name="intra_warp")([inputs[INTRA_INPUT], outputs["matrix"]])
+    return keras.Model(inputs, outputs, name=f"{MODEL_NAME}_training")
+
+
+def network_config(model: keras.Model) -> NetworkConfig:
+    """The :class:`NetworkConfig` a fire-reg model was built with, read from its layers (the
+    softmax temperature is the initial one only in an untrained model: the trained value is a
+    weight)."""
+    encoder = model.get_layer("encoder")
+    affine = model.get_layer("affine")
+    return NetworkConfig(
+        input_size=int(model.input["fixed"].shape[1]),
+        encoder_channels=tuple(int(layer.filters) for layer in encoder.layers),
+        trunk_units=int(model.get_layer("trunk0").units), use_shear=affine.use_shear,
+        max_translation=affine.translation_scale,
+        softmax_temperature_init=model.get_layer("match_logits").temperature_init)
 
 
 def affine_from_matches(logits, min_inliers: int = 6, threshold_cells: float = 0.75,

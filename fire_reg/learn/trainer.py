@@ -3,7 +3,8 @@
 Run folder (``out``)::
 
     config.json        resolved training + network config, seeds, versions, command
-    model.keras        best model by validation loss (ModelCheckpoint)
+    model.keras        best model by validation loss (ModelCheckpoint; the fire-reg model, also
+                       when a training wrapper is fitted)
     last.keras         model after the latest epoch
     log.csv            per-epoch losses and learning rate (CSVLogger)
     curves.png         training curves
@@ -13,13 +14,18 @@ Run folder (``out``)::
                        (``fire-reg train --resume``) continues the run, also to more epochs
 
 Samples stream from memory-mapped shards (fire_reg.learn.shards); each batch gets on-the-fly
-augmentation that keeps the target exact (AugmentConfig): a random symmetry of the square
-(flips, quarter turns) applied to both patches and conjugated into the target, a fixed/moving
-swap (target inverted), and photometric jitter (gamma, gain, noise). A motion curriculum admits
+augmentation that keeps the target exact (:mod:`fire_reg.learn.augment`). The network's input
+size is the shards' patch size (a config naming another is refused). A motion curriculum admits
 only samples whose motion magnitude (mean grid displacement, normalised units) is below a cap
 that grows linearly over the first ``curriculum_epochs`` epochs. Batch order, curriculum and
 augmentation are seeded by (seed, epoch, step), so an epoch is the same whether or not the run
-was resumed before it.
+was resumed before it. Backups, log and checkpoints: :mod:`fire_reg.learn.checkpoints`.
+
+Training across modalities: shards prepared with ``--modalities`` show pairs whose photographs
+are drawn as different modalities, and store the moving patch in the fixed patch's modality;
+``intra_weight`` adds the loss that compares that patch, warped by the prediction, with the
+fixed one (like with like). Fine-tuning: ``init_from`` starts from a model's weights (the
+shipped ones, or a user's), after checking that it takes the shards' input.
 """
 from __future__ import annotations
 
@@ -34,46 +40,19 @@ from pathlib import Path
 
 import numpy as np
 
+from fire_reg.config import Config, FieldError, NetworkConfig, setting
+from fire_reg.learn import checkpoints
+from fire_reg.learn.augment import AugmentConfig, augment_batch
 from fire_reg.learn.curves import save_training_curves
-from fire_reg import geometry
-from fire_reg.learn.bundle import ModelSettings
-from fire_reg.config import Config, FieldError, NetworkConfig
 from fire_reg.learn.dataset_creator import PrepareConfig
+from fire_reg.learn.settings import ModelSettings
 from fire_reg.io.errors import InputError
-from fire_reg.io.output import atomic_path, write_json, write_text
+from fire_reg.io.output import atomic_path, write_json
 from fire_reg.learn import shards
 from fire_reg.learn.shards import ShardStream
 
-BACKUP = "backup"
-"""Run-folder subfolder with the state after the last completed epoch (for ``resume``)."""
-BACKUP_PREFIX, BACKUP_SUFFIX = "epoch_", ".weights.h5"
-
-
-@dataclass(frozen=True)
-class AugmentConfig(Config):
-    """On-the-fly augmentation of training batches (:func:`augment_batch`), exact for the target.
-
-    ``symmetries``: one of the 8 symmetries of the square (flips, quarter turns) per sample,
-    applied to both patches and conjugated into the target. ``swap_probability``: chance that
-    fixed and moving trade places (the target is inverted). Photometric jitter, drawn per
-    image and applied inside the field of view only (pixels > 0), in vessel-map intensity
-    units (1.0 = the map's maximum): ``v ** gamma`` with gamma uniform in ``gamma_range``,
-    times a gain uniform in ``gain_range``, plus Gaussian noise of standard deviation
-    ``noise_sigma``, clipped to [0, 1].
-    """
-
-    symmetries: bool = True
-    swap_probability: float = 0.5
-    gamma_range: tuple[float, float] = (0.7, 1.4)
-    gain_range: tuple[float, float] = (0.7, 1.3)
-    noise_sigma: float = 0.03
-
-    def __post_init__(self):
-        self._flag("symmetries")
-        self._number("swap_probability", low=0, high=1)
-        self._range("gamma_range", above=0)
-        self._range("gain_range", above=0)
-        self._number("noise_sigma", low=0)
+SHIPPED = "shipped"
+"""``init_from`` value that names the shipped weights (fire_reg.learn.bundle.default_model_path)."""
 
 
 @dataclass(frozen=True)
@@ -83,22 +62,34 @@ class TrainConfig(Config):
     ``epochs`` to train; ``steps_per_epoch`` batches of ``batch_size`` per epoch (None: one
     pass over the training samples); Adam with a cosine decay from ``learning_rate`` to
     ``min_learning_rate`` over all steps; loss = grid loss + ``match_weight`` x matching loss
-    + ``ncc_weight`` x masked NCC; ``validation_fraction`` of the source pairs held out when no
-    validation shards are given. Curriculum: in epoch e < ``curriculum_epochs`` only the
-    smallest ``curriculum_start + (1 - curriculum_start) * e / curriculum_epochs`` share of
-    motions is drawn (0 epochs: no curriculum). ``augment`` switches ``augmentation`` on.
+    + ``ncc_weight`` x masked NCC of the warped network input + ``intra_weight`` x the
+    intra-modality loss (:func:`fire_reg.learn.network.intra_modality_loss`: the moving patch
+    in the fixed patch's modality, warped by the predicted matrix, against the fixed patch);
+    ``validation_fraction`` of the source pairs held out when no validation shards are given.
+    ``init_from``: start from the weights of a fire-reg model (a ``.keras`` path, or "shipped"
+    for the shipped weights) instead of the identity start: fine-tuning; its input size,
+    preprocessing and network must be the run's (else InputError). Curriculum: in epoch
+    e < ``curriculum_epochs`` only the smallest ``curriculum_start + (1 - curriculum_start) *
+    e / curriculum_epochs`` share of motions is drawn (0 epochs: no curriculum). ``augment`` switches ``augmentation`` on.
     ``early_stopping_patience``: epochs without a better monitored loss before stopping.
     ``seed`` (>= 0) fixes initial weights, split, order and augmentation.
     """
 
     network: NetworkConfig = field(default_factory=NetworkConfig)
-    epochs: int = 30
-    batch_size: int = 32
-    steps_per_epoch: int | None = None
+    epochs: int = setting(30, help="epochs to train (with --resume: the new total)")
+    batch_size: int = setting(32, help="samples per batch")
+    steps_per_epoch: int | None = setting(
+        None, help="batches per epoch (default: one pass over the training samples)")
     learning_rate: float = 1e-3
     min_learning_rate: float = 1e-5
     match_weight: float = 0.05
     ncc_weight: float = 0.0
+    intra_weight: float = setting(0.0, help="weight of the intra-modality loss: the moving "
+                                            "patch in the fixed patch's modality, warped by the "
+                                            "prediction, against the fixed patch (masked NCC)")
+    init_from: str | None = setting(None, help=f"a fire-reg .keras model (or {SHIPPED!r}: the "
+                                               "shipped weights) to start from: fine-tuning "
+                                               "(default: a new network)")
     validation_fraction: float = 0.1
     curriculum_epochs: int = 4
     curriculum_start: float = 0.25
@@ -116,6 +107,11 @@ class TrainConfig(Config):
         self._number("min_learning_rate", low=0, high=self.learning_rate)
         self._number("match_weight", low=0)
         self._number("ncc_weight", low=0)
+        self._number("intra_weight", low=0)
+        if self.init_from is not None and (not isinstance(self.init_from, str)
+                                           or not self.init_from.strip()):
+            raise FieldError("init_from", f"must be a model path or {SHIPPED!r}, got "
+                                          f"{self.init_from!r}")
         self._number("validation_fraction", low=0, below=1)
         self._integer("curriculum_epochs", low=0)
         self._number("curriculum_start", above=0, high=1)
@@ -151,66 +147,19 @@ class TrainConfig(Config):
             raise InputError(path, f"not a valid training config ({error})") from None
 
 
-def _square_symmetries() -> list[np.ndarray]:
-    """The 8 symmetries of the square as 2x2 maps of normalised coordinates."""
-    turn = np.array([[0.0, -1.0], [1.0, 0.0]])
-    flip = np.array([[-1.0, 0.0], [0.0, 1.0]])
-    return [np.linalg.matrix_power(turn, k) @ f for k in range(4) for f in (np.eye(2), flip)]
-
-
-SYMMETRIES = _square_symmetries()
-
-
-def transform_sample(fixed, moving, target, swap: bool, symmetry: int):
-    """Exact geometric augmentation of one sample: optionally swap fixed and moving (the
-    target is inverted), then apply SYMMETRIES[symmetry] to both images (the content at u
-    moves to S u) and conjugate the target (S T S^-1). Images are (S, S, 1)."""
-    if swap:
-        fixed, moving, target = moving, fixed, geometry.invert(target)
-    if symmetry:
-        fixed = _apply_symmetry(fixed, symmetry)
-        moving = _apply_symmetry(moving, symmetry)
-        sym = np.hstack([SYMMETRIES[symmetry], np.zeros((2, 1))])
-        target = geometry.compose(sym, target, geometry.invert(sym))
-    return fixed, moving, target
-
-
-def augment_batch(fixed, moving, target, rng: np.random.Generator,
-                  config: AugmentConfig = AugmentConfig()):
-    """Random :func:`transform_sample` per sample, then photometric jitter inside the field
-    of view, as ``config`` says. Images (B, S, S, 1) in [0, 1]; targets (B, 2, 3) normalised."""
-    fixed, moving, target = fixed.copy(), moving.copy(), target.copy()
-    for i in range(len(target)):
-        swap = rng.uniform() < config.swap_probability
-        symmetry = int(rng.integers(len(SYMMETRIES)))
-        fixed[i], moving[i], target[i] = transform_sample(
-            fixed[i], moving[i], target[i], swap=swap,
-            symmetry=symmetry if config.symmetries else 0)
-    for images in (fixed, moving):
-        gamma = rng.uniform(*config.gamma_range, size=(len(images), 1, 1, 1))
-        gain = rng.uniform(*config.gain_range, size=(len(images), 1, 1, 1))
-        noisy = gain * images ** gamma + rng.normal(0, config.noise_sigma, images.shape)
-        images[...] = np.where(images > 0, np.clip(noisy, 0.0, 1.0), 0.0)
-    return fixed, moving, target
-
-
-def _apply_symmetry(image, k: int):
-    """Apply SYMMETRIES[k] to an (S, S, 1) image: the content at u moves to S u."""
-    turns, flipped = divmod(k, 2)
-    if flipped:
-        image = image[:, ::-1]
-    # np.rot90 with k=-1 turns the picture clockwise on screen (x right, y down): u -> turn @ u
-    return np.ascontiguousarray(np.rot90(image, k=-turns, axes=(0, 1)))
-
-
 def make_batches(stream: ShardStream, indices: np.ndarray, config: TrainConfig, training: bool):
     """A keras.utils.PyDataset over ``indices`` of ``stream`` (curriculum and augmentation
-    when ``training``)."""
+    when ``training``). With ``intra_weight`` > 0 each batch also holds the intra-modality
+    data: input ``intra_moving`` (the same-modality moving map and its field of view) and the
+    target ``intra`` (the fixed map, unjittered, and its field of view), under the same
+    symmetry and swap as the pair (a swapped pair compares the moving photograph's
+    same-modality map, now fixed, with the fixed photograph's map, now moving: like with like
+    again)."""
     import keras
 
     from fire_reg.learn import network
 
-    grid = network.feature_grid(dataclasses.replace(config.network, input_size=stream.patch_size))
+    grid = network.feature_grid(_sized_network(config.network, stream))
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
@@ -240,16 +189,24 @@ def make_batches(stream: ShardStream, indices: np.ndarray, config: TrainConfig, 
         def __getitem__(self, step):
             chosen = self.order[step * config.batch_size:(step + 1) * config.batch_size]
             fixed, moving, target = stream.take(chosen)
+            extra = None
+            if config.intra_weight > 0:
+                moving_same, fov = stream.take(chosen, ("moving_same", "fov"))
+                extra = (np.concatenate([fixed, fov[..., :1]], axis=-1),
+                         np.concatenate([moving_same, fov[..., 1:]], axis=-1))
             if training and config.augment:
                 rng = np.random.default_rng([config.seed, self.epoch, step])
-                fixed, moving, target = augment_batch(fixed, moving, target, rng,
-                                                      config.augmentation)
+                fixed, moving, target, *extra = augment_batch(
+                    fixed, moving, target, rng, config.augmentation, extra=extra)
+            inputs = {"fixed": fixed, "moving": moving}
             targets = {"matrix": target.astype(np.float32)}
+            if extra:
+                inputs[network.INTRA_INPUT], targets["intra"] = extra[1], extra[0]
             if config.match_weight > 0:
                 targets["matches"] = network.match_targets(target, fixed, moving, grid)
             if config.ncc_weight > 0:
                 targets["warped"] = fixed
-            return {"fixed": fixed, "moving": moving}, targets
+            return inputs, targets
 
         def set_epoch(self, epoch: int):
             """Order and curriculum of ``epoch`` (also right after a resume)."""
@@ -282,9 +239,9 @@ class Trainer:
                  distribute: bool = False):
         self.out_dir = Path(out_dir)
         self.stream = ShardStream(data_dir)
-        config = config or TrainConfig()  # the network's input size is the shards' patch size
-        self.config = dataclasses.replace(config, network=dataclasses.replace(
-            config.network, input_size=self.stream.patch_size))
+        config = config or TrainConfig()
+        self.config = dataclasses.replace(config, network=_sized_network(config.network,
+                                                                         self.stream))
         self.prepared = _prepare_config(self.stream)  # how the training shards were made
         self.val_stream = ShardStream(val_dir) if val_dir else None
         if self.val_stream and self.val_stream.patch_size != self.stream.patch_size:
@@ -297,6 +254,7 @@ class Trainer:
         if distribute:
             _check_distributable()
         self.distribute = distribute
+        self.initial_weights = self._initial_weights()  # of init_from, checked against the data
         self.completed_epochs = 0  # after fit: epochs backed up in the run folder
         self.stopped_early = False  # after fit: whether early stopping ended the run
 
@@ -307,17 +265,57 @@ class Trainer:
             return np.arange(len(self.stream)), np.arange(len(self.val_stream))
         return split_by_pair(self.stream, self.config.validation_fraction, self.config.seed)
 
+    def _initial_weights(self) -> list | None:
+        """The weights of the ``init_from`` model (None without one). InputError naming the
+        model file when it is not a fire-reg model or its input size, preprocessing or network
+        differ from this run's (the shards' patch size and vessel maps, ``config.network``)."""
+        if self.config.init_from is None:
+            return None
+        from fire_reg.learn import bundle, network
+
+        path = (bundle.default_model_path() if self.config.init_from == SHIPPED
+                else Path(self.config.init_from))
+        model, settings = bundle.load_model(path)
+        size = self.config.network.input_size
+        if settings.input_size != size:
+            raise InputError(path, f"takes {settings.input_size} px inputs, the shards hold {size} "
+                                   f"px patches; prepare shards with --patch-size "
+                                   f"{settings.input_size} to fine-tune it")
+        wanted = self.prepared.preprocessing.to_dict()
+        differ = sorted(key for key, value in settings.preprocessing.to_dict().items()
+                        if wanted.get(key) != value)
+        if differ:
+            raise InputError(path, "its vessel maps are made with other settings than the "
+                                   f"shards' ({', '.join(differ)} differ); prepare shards with "
+                                   "its preprocessing to fine-tune it")
+        built, ours = network.network_config(model).to_dict(), self.config.network.to_dict()
+        differ = sorted(key for key in ours if key != "softmax_temperature_init"
+                        and built[key] != ours[key])
+        if differ:
+            pairs = ", ".join(f"{key} {built[key]} vs {ours[key]}" for key in differ)
+            raise InputError(path, f"its network differs from the training config's ({pairs}); "
+                                   "give the network settings it was built with")
+        return model.get_weights()
+
     def build(self):
-        """Build and compile the network (inside the distribution scope when asked)."""
+        """Build and compile the network (inside the distribution scope when asked), starting
+        from the ``init_from`` weights when given. Sets ``self.network`` (the fire-reg model,
+        what checkpoints hold) and returns the model to fit: the network itself, or with
+        ``intra_weight`` > 0 the network wrapped with its intra-modality output
+        (:func:`fire_reg.learn.network.training_model`)."""
         import keras
 
         from fire_reg.learn import network
 
-        settings = ModelSettings(input_size=self.stream.patch_size,
+        settings = ModelSettings(input_size=self.config.network.input_size,
                                  preprocessing=self.prepared.preprocessing,
                                  training_data=self.training_data())
         with _distribution_scope(self.distribute):
-            model = network.build_model(self.config.network, settings)
+            model = self.network = network.build_model(self.config.network, settings)
+            if self.initial_weights is not None:
+                model.set_weights(self.initial_weights)
+            if self.config.intra_weight > 0:
+                model = network.training_model(model)
             schedule = keras.optimizers.schedules.CosineDecay(
                 self.config.learning_rate, decay_steps=max(1, self._total_steps()),
                 alpha=self.config.min_learning_rate / self.config.learning_rate)
@@ -329,6 +327,9 @@ class Trainer:
             if self.config.ncc_weight > 0:
                 losses["warped"] = network.masked_ncc_loss
                 weights["warped"] = self.config.ncc_weight
+            if self.config.intra_weight > 0:
+                losses["intra"] = network.intra_modality_loss
+                weights["intra"] = self.config.intra_weight
             model.compile(optimizer=keras.optimizers.Adam(schedule), loss=losses,
                           loss_weights=weights)
         return model
@@ -353,22 +354,23 @@ class Trainer:
         if len(train_indices) == 0:
             raise InputError(self.stream.shard_dir, "no training samples")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        backup = self.out_dir / BACKUP
+        backup = self.out_dir / checkpoints.BACKUP
         if resume:
             self._check_same_run()
-            self.completed_epochs = _backed_up_epochs(backup)
+            self.completed_epochs = checkpoints.backed_up_epochs(backup)
         else:
             self.completed_epochs = 0
-            _clear(backup)
+            checkpoints.clear(backup)
         log = self.out_dir / "log.csv"
-        rows = _truncate_log(log, self.completed_epochs)
+        rows = checkpoints.truncate_log(log, self.completed_epochs)
         model = self.model = self.build()
         validation = (make_batches(self.val_stream or self.stream, val_indices, self.config,
                                    training=False) if len(val_indices) else None)
         monitor = "val_loss" if validation is not None else "loss"
         logged = [row.get(monitor, np.nan) for row in rows]
-        stopping = _early_stopping([{monitor: value} for value in logged], monitor=monitor,
-                                   patience=self.config.early_stopping_patience)
+        stopping = checkpoints.early_stopping([{monitor: value} for value in logged],
+                                              monitor=monitor,
+                                              patience=self.config.early_stopping_patience)
         stopping.set_model(model)
         stopping.on_train_begin()
         self.stopped_early = bool(stopping.stopped_epoch)
@@ -376,22 +378,24 @@ class Trainer:
             return None
         if self.completed_epochs:
             model.optimizer.build(model.trainable_variables)
-            model.load_weights(_backup_path(backup, self.completed_epochs))
+            model.load_weights(checkpoints.backup_path(backup, self.completed_epochs))
         write_json(self.out_dir / "config.json", self.run_record())
         train = make_batches(self.stream, train_indices, self.config, training=True)
         callbacks = [
             keras.callbacks.LambdaCallback(
                 on_epoch_begin=lambda epoch, logs: train.set_epoch(epoch)),
-            keras.callbacks.ModelCheckpoint(
-                str(self.out_dir / "model.keras"), monitor=monitor, save_best_only=True,
+            checkpoints.checkpoint(
+                self.out_dir / "model.keras", self.network, monitor=monitor,
+                save_best_only=True,
                 initial_value_threshold=min(filter(np.isfinite, logged), default=None)),
-            keras.callbacks.ModelCheckpoint(str(self.out_dir / "last.keras")),
+            checkpoints.checkpoint(self.out_dir / "last.keras", self.network),
             keras.callbacks.CSVLogger(str(log), append=bool(rows)),
             stopping,
             keras.callbacks.TerminateOnNaN(),
             *([keras.callbacks.TensorBoard(str(self.out_dir / "tensorboard"))]
               if _installed("tensorboard") and keras.backend.backend() != "torch" else []),
-            _backup_callback(backup),  # last: an epoch counts once all its files are written
+            # last: an epoch counts once all its files are written
+            checkpoints.backup_callback(backup),
             *callbacks,
         ]
         # shuffle=False: Keras would shuffle the batches of each epoch with an unseeded order;
@@ -399,7 +403,7 @@ class Trainer:
         history = model.fit(train, validation_data=validation, epochs=self.config.epochs,
                             initial_epoch=self.completed_epochs, callbacks=callbacks,
                             verbose=verbose, shuffle=False)
-        self.completed_epochs = _backed_up_epochs(backup)
+        self.completed_epochs = checkpoints.backed_up_epochs(backup)
         self.stopped_early = bool(stopping.stopped_epoch)
         self.save_curves()
         return history
@@ -436,7 +440,7 @@ class Trainer:
         log = self.out_dir / "log.csv"
         if not log.exists():
             return
-        rows = _read_log(log)
+        rows = checkpoints.read_log(log)
         history = {name: [row[name] for row in rows] for name in rows[0]
                    if name.endswith("loss")} if rows else {}
         save_training_curves(self.out_dir / "curves.png", history)
@@ -463,6 +467,20 @@ class Trainer:
                 "validation": shards.summary(self.val_stream.manifest) if self.val_stream else None}
 
 
+def _sized_network(network: NetworkConfig, stream: ShardStream) -> NetworkConfig:
+    """The network config at the shards' patch size, its one source: ``input_size`` None takes
+    it; InputError naming the shards' manifest when the config names another size."""
+    if network.input_size is None:
+        return dataclasses.replace(network, input_size=stream.patch_size)
+    if network.input_size != stream.patch_size:
+        raise InputError(stream.shard_dir / shards.MANIFEST_NAME,
+                         f"the shards hold {stream.patch_size} px patches (prepare "
+                         f"--patch-size), the training config says network.input_size "
+                         f"{network.input_size}; leave network.input_size out (it is the "
+                         "shards' patch size) or prepare shards of that size")
+    return network
+
+
 def _prepare_config(stream: ShardStream) -> PrepareConfig:
     """The DatasetCreator settings a shard folder was made with (its manifest's config)."""
     try:
@@ -470,70 +488,6 @@ def _prepare_config(stream: ShardStream) -> PrepareConfig:
     except ValueError as error:
         raise InputError(stream.shard_dir / shards.MANIFEST_NAME,
                          f"malformed sampling config ({error})") from None
-
-
-def _backup_path(folder: Path, epochs: int) -> Path:
-    """Model and optimizer state after ``epochs`` completed epochs."""
-    return folder / f"{BACKUP_PREFIX}{epochs:04d}{BACKUP_SUFFIX}"
-
-
-def _backed_up_epochs(folder: Path) -> int:
-    """Completed epochs of the newest state in ``folder`` (0 when there is none)."""
-    numbers = [path.name[len(BACKUP_PREFIX):-len(BACKUP_SUFFIX)]
-               for path in folder.glob(f"{BACKUP_PREFIX}*{BACKUP_SUFFIX}")]
-    return max((int(number) for number in numbers if number.isdigit()), default=0)
-
-
-def _backup_callback(folder: Path):
-    """Saves the model and optimizer state (atomically) after every epoch whose loss is finite,
-    then removes the previous epoch's, so ``folder`` always holds one whole state."""
-    import keras
-
-    class Backup(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if not np.isfinite((logs or {}).get("loss", np.nan)):
-                return  # a diverged epoch (TerminateOnNaN) is not a state to resume from
-            path = _backup_path(folder, epoch + 1)
-            with atomic_path(path, suffix=BACKUP_SUFFIX) as tmp:
-                self.model.save_weights(tmp)
-            for old in folder.glob(f"{BACKUP_PREFIX}*{BACKUP_SUFFIX}"):
-                if old != path:
-                    old.unlink()
-
-    return Backup()
-
-
-def _early_stopping(logged: list[dict], **kwargs):
-    """keras.callbacks.EarlyStopping that first replays the epochs already ``logged`` (one
-    ``{monitor: value}`` per completed epoch), so that its patience count survives a resume;
-    ``stopped_epoch`` is non-zero when the logged epochs had already stopped the run."""
-    import keras
-
-    class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
-        def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
-            for epoch, values in enumerate(logged):
-                self.on_epoch_end(epoch, values)
-
-    return ResumedEarlyStopping(**kwargs)
-
-
-def _truncate_log(path: Path, epochs: int) -> list[dict]:
-    """Keep the header and the first ``epochs`` rows of a CSVLogger file (one row per
-    completed epoch: the row of an epoch that was not backed up goes); returns those rows."""
-    if epochs == 0 or not path.is_file():
-        return []
-    lines = path.read_text().splitlines(keepends=True)
-    if len(lines) > epochs + 1:
-        write_text(path, "".join(lines[:epochs + 1]))
-    return _read_log(path)
-
-
-def _clear(folder: Path) -> None:
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
 
 
 def _installed(package: str) -> bool:
@@ -593,7 +547,7 @@ def export_model(run_dir, out_dir, validation_results=None) -> Path:
     with atomic_path(model_path) as tmp:
         model.save(tmp)
     card = {**bundle.card(model_path, model, settings), "training": record,
-            "log": _read_log(run_dir / "log.csv")}
+            "log": checkpoints.read_log(run_dir / "log.csv")}
     if validation is not None:
         card["validation"] = validation
     write_json(model_path.with_suffix(".json"), card)
@@ -609,20 +563,3 @@ def _validation_summary(path) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise InputError(path, "not a results.json of `fire-reg evaluate` "
                                f"({type(error).__name__}: {error})") from None
-
-
-def _read_log(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    import csv
-
-    with open(path, newline="") as handle:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-
-
-def _number(text: str) -> float:
-    """A CSVLogger value; its "NA" (a metric missing that epoch) becomes NaN."""
-    try:
-        return float(text)
-    except ValueError:
-        return float("nan")

@@ -1,7 +1,10 @@
 """Affine ECC on the vessel maps of a pair (OpenCV ``findTransformECC``).
 
 ``MOTION_AFFINE``, template = fixed, input = moving, which yields fixed -> moving directly, over
-an image pyramid, coarse to fine, in map pixels.
+an image pyramid, coarse to fine, in map pixels. The correlation ECC maximises and returns is
+the NCC of :func:`fire_reg.imaging.similarity.ncc` (template and warped input inside the mask,
+after OpenCV's Gaussian filter); whether a step is kept is decided by the Registrar with
+``VesselMaps.similarity``, the same measure.
 """
 from __future__ import annotations
 
@@ -12,18 +15,30 @@ import cv2
 import numpy as np
 
 from fire_reg import geometry
+from fire_reg.config import Config, FieldError
 from fire_reg.register.maps import VesselMaps
 
 MIN_ECC_CORRELATION = 0.2  # below it ECC "converged" on unrelated content
+
+
 @dataclass(frozen=True)
-class EccOptions:
+class EccOptions(Config):
     """ECC settings: pyramid ``levels`` (each half the previous size), per-level
-    ``iterations`` and convergence ``epsilon`` (OpenCV's criteria), Gaussian filter size."""
+    ``iterations`` and convergence ``epsilon`` (OpenCV's criteria), Gaussian filter size
+    (px, odd). Checked on construction (FieldError naming the field)."""
 
     levels: int = 3
     iterations: int = 100
     epsilon: float = 1e-5
     gauss_filter_size: int = 5
+
+    def __post_init__(self):
+        self._integer("levels", low=1)
+        self._integer("iterations", low=1)
+        self._number("epsilon", above=0)
+        self._integer("gauss_filter_size", low=1)
+        if self.gauss_filter_size % 2 == 0:
+            raise FieldError("gauss_filter_size", f"must be odd, got {self.gauss_filter_size}")
 
 
 def _ecc_call(template, image, template_mask, image_mask, warp, criteria, gauss: int):

@@ -2,38 +2,54 @@
 
 :func:`fine_stage`: local evidence and a robust fit of a richer model. The moving map is
   warped into the fixed frame with the current transform; a grid of tiles of the fixed map
-  with enough vessel content is matched there (``cv2.matchTemplate``, normalised correlation,
-  in a small search window, sub-pixel peak); confident matches become point pairs
+  with enough vessel content is matched there (``cv2.matchTemplate`` with
+  ``TM_CCOEFF_NORMED``: OpenCV's form of :func:`fire_reg.imaging.similarity.ncc`, at every
+  offset of a small search window, sub-pixel peak); confident matches become point pairs
   (tile centre p in the fixed map, ``T(p + d)`` in the moving map); the model (quadratic,
-  homography or affine) is fitted by iteratively trimmed least squares; the whole is repeated
-  with a smaller window. A quadratic needs many inliers spread over the common field of view
-  and no fold-over; otherwise the stage falls back to a homography, then an affine, and says
-  why. The residuals of held-out matches (k-fold) estimate the error of the result.
+  homography or affine: the registered models, :func:`fire_reg.geometry.transforms.model_names`)
+  is fitted by iteratively trimmed least squares; the whole is repeated with a smaller window.
+  A flexible model (the quadratic) needs many inliers spread over the common field of view,
+  no fold-over and no large bend; otherwise the stage falls back to the next simpler
+  registered model (homography, then affine) and says why. The residuals of held-out matches
+  (k-fold) estimate the error of the result.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
 
-from fire_reg import geometry
+from fire_reg.config import Config, FieldError
 from fire_reg.geometry import transforms
 from fire_reg.register.maps import VesselMaps, _WORKERS, _pool
 
+
+
 @dataclass(frozen=True)
-class FineOptions:
+class FineOptions(Config):
     """Settings of :func:`fine_stage`; lengths in px of maps ``reference_width`` px wide
-    (scaled with the actual map width).
+    (scaled with the actual map width). Checked on construction (FieldError naming the field).
 
     ``tile``: side of the matched tiles; ``step``: their spacing; ``radii``: search radius of
     each pass (one pass per entry); ``min_score``: lowest accepted normalised correlation;
     ``min_content``: lowest mean vessel value of a tile; ``trim``: residuals above ``trim`` x
-    the robust sigma (and above ``min_trim_px``) are outliers; ``min_inliers``: per model;
+    the robust sigma (and above ``min_trim_px``) are outliers; ``min_inliers``: overrides,
+    per model (registered names, ``transforms.model_names()``), of the inliers its fit needs
+    (default: each model's own ``min_inliers``: quadratic 24, homography 12, affine 6);
     ``min_spread``: share of the common field of view that the inliers' convex hull must
-    cover for a quadratic; ``max_bend``: largest departure (fraction of the width) of a
-    quadratic from its best affine over the common field of view; ``folds``: k of the k-fold
+    cover for a flexible model (the quadratic); ``max_bend``: largest departure (fraction of
+    the width) of a flexible model from its best affine over the common field of view;
+    ``folds``: k of the k-fold
     residuals behind the error estimate.
+
+    The local stage (``model="local"``, :func:`local_stage`): ``local_radius``: search radius
+    of its fresh matches around the quadratic; ``local_min_score`` / ``local_min_content``:
+    its stricter tile criteria (vessel tiles only); ``local_smoothing``: the smoothings tried
+    (:mod:`fire_reg.geometry.local`), the one with the lowest held-out residual kept;
+    ``local_gain``: share by which the local model must lower the quadratic's held-out
+    residual to be kept; ``local_block``: side of the square blocks the matches are split
+    into for the held-out residuals (blocks, not single tiles: neighbouring tiles overlap).
     """
 
     reference_width: int = 512
@@ -44,11 +60,50 @@ class FineOptions:
     min_content: float = 0.04
     trim: float = 2.5
     min_trim_px: float = 0.75
-    min_inliers: dict = field(default_factory=lambda: {"quadratic": 24, "homography": 12,
-                                                       "affine": 6})
+    min_inliers: dict = field(default_factory=dict)
     min_spread: float = 0.25
     max_bend: float = 0.05
     folds: int = 4
+    local_radius: int | None = 3
+    local_min_score: float = 0.5
+    local_min_content: float = 0.04
+    local_smoothing: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1)
+    local_gain: float = 0.05
+    local_block: int = 48
+    local_knots: int = 8
+
+    def __post_init__(self):
+        self._integer("reference_width", low=16)
+        self._integer("tile", low=4)
+        self._integer("step", low=1)
+        self._integers("radii", low=1)
+        self._number("min_score", low=-1, high=1)
+        self._number("min_content", low=0)
+        self._number("trim", above=0)
+        self._number("min_trim_px", low=0)
+        known = transforms.model_names()
+        counts = self.min_inliers
+        if (not isinstance(counts, dict) or any(name not in known for name in counts)
+                or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                       for n in counts.values())):
+            raise FieldError("min_inliers", f"must map model names ({', '.join(known)}) to "
+                                            f"whole numbers >= 1, got {counts!r}")
+        self._number("min_spread", low=0, high=1)
+        self._number("max_bend", above=0)
+        self._integer("folds", low=2)
+        self._integer("local_radius", low=1, optional=True)
+        self._number("local_min_score", low=-1, high=1)
+        self._number("local_min_content", low=0)
+        smoothing = self.local_smoothing
+        if (not isinstance(smoothing, (list, tuple)) or not smoothing
+                or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                       or not 0 < v < float("inf") for v in smoothing)):
+            raise FieldError("local_smoothing", f"must be a list of numbers > 0, got "
+                                                f"{smoothing!r}")
+        self._set("local_smoothing", tuple(float(v) for v in smoothing))
+        self._number("local_gain", low=0, high=1)
+        self._integer("local_block", low=4)
+        self._integer("local_knots", low=4)
 
 
 @dataclass
@@ -70,13 +125,15 @@ class Matches:
 @dataclass
 class FineOutcome:
     """Result of :func:`fine_stage`: the transform (map px), the model kept and why, the
-    inlier matches of the last pass, and the k-fold residual (map px) of held-out matches."""
+    inlier matches of the last pass, the k-fold residual (map px) of held-out matches, and
+    every match of the last pass (``candidates``, which the local stage starts from)."""
 
     transform: transforms.Transform
     model: str
     reason: str
     matches: Matches
     heldout_residual: float | None
+    candidates: Matches | None = None
 
 
 def _subpixel(scores: np.ndarray, row: int, col: int) -> tuple[float, float]:
@@ -153,34 +210,47 @@ def fit_trimmed(model: str, matches: Matches, domain, options: FineOptions = Fin
     Returns (transform, inlier Matches) or (None, reason) when fewer than the model's
     ``min_inliers`` remain.
     """
-    keep = np.ones(len(matches), bool)
-    needed = options.min_inliers[model]
-    transform = None
+    needed = options.min_inliers.get(model, transforms.model_class(model).min_inliers)
+    fitted = {}
+
+    def residuals(keep):
+        fitted["transform"] = _weighted_fit(model, matches.subset(keep))
+        return _residuals(fitted["transform"], matches)
+
+    try:
+        keep = _trimmed(residuals, len(matches), needed, options, unit)
+    except ValueError as error:
+        return None, str(error)
+    if keep.sum() < needed:
+        return None, f"{keep.sum()} consistent matches (a {model} needs {needed})"
+    # a quadratic's inverse: once, over the domain
+    return fitted["transform"].for_domain(domain), matches.subset(keep)
+
+
+def _trimmed(residuals_of, count: int, needed: int, options: FineOptions,
+             unit: float) -> np.ndarray:
+    """The (count,) inlier mask of an iteratively trimmed fit: ``residuals_of(keep)`` fits to
+    the pairs ``keep`` and returns every pair's residual (map px); residuals above ``trim`` x
+    the robust sigma (and above ``min_trim_px``) are outliers of the next round. It stops
+    early when fewer than ``needed`` pairs remain (the caller checks the count)."""
+    keep = np.ones(count, bool)
     for _ in range(6):
         if keep.sum() < needed:
-            return None, f"{keep.sum()} consistent matches (a {model} needs {needed})"
-        try:
-            transform = _weighted_fit(model, matches.subset(keep))
-        except ValueError as error:
-            return None, str(error)
-        residuals = _residuals(transform, matches)
+            return keep
+        residuals = residuals_of(keep)
         sigma = 1.4826 * np.median(residuals[keep])
         new_keep = residuals <= max(options.trim * sigma, options.min_trim_px * unit)
         if np.array_equal(new_keep, keep):
             break
         keep = new_keep
-    if keep.sum() < needed:
-        return None, f"{keep.sum()} consistent matches (a {model} needs {needed})"
-    inliers = matches.subset(keep)
-    if model == "quadratic":  # the inverse is fitted once, over the domain
-        transform = transforms.Quadratic.from_forward(transform.arrays()[0], domain)
-    return transform, inliers
+    return keep
 
 
 def _weighted_fit(model: str, matches: Matches) -> transforms.Transform:
-    """``transforms.fit_transform`` weighted by the correlation scores (a homography unweighted);
-    a quadratic's inverse is only fitted roughly here (over the matches' bounding box)."""
-    weights = None if model == "homography" else matches.score
+    """``transforms.fit_transform`` weighted by the correlation scores (unweighted for a model
+    whose fit takes no weights: the homography); a quadratic's inverse is only fitted roughly
+    here (over the matches' bounding box)."""
+    weights = matches.score if transforms.model_class(model).weighted else None
     return transforms.fit_transform(model, matches.fixed, matches.moving, weights=weights)
 
 
@@ -191,30 +261,10 @@ def _hull_share(points: np.ndarray, area: float) -> float:
     return float(cv2.contourArea(hull) / area)
 
 
-def plausible_quadratic(transform: transforms.Transform, domain: np.ndarray, width: int,
-                        max_bend: float) -> str | None:
-    """Why a quadratic is implausible over ``domain`` (fold-over: a Jacobian determinant
-    <= 0; a bend from its best affine above ``max_bend`` x ``width``), or None."""
-    if len(domain) < 3:
-        return "no common field of view"
-    (_, a1, a2, a3, a4, a5), (_, b1, b2, b3, b4, b5) = transform.arrays()[0]
-    x, y = domain.T
-    det = ((a1 + 2 * a3 * x + a4 * y) * (b2 + b4 * x + 2 * b5 * y)
-           - (a2 + a4 * x + 2 * a5 * y) * (b1 + 2 * b3 * x + b4 * y))
-    if det.min() <= 0:
-        return "the quadratic folds over inside the common field of view"
-    affine = transform.best_affine(domain)
-    bend = np.linalg.norm(transform.fixed_to_moving(domain) - geometry.apply(affine, domain),
-                          axis=1).max()
-    if bend > max_bend * width:
-        return f"the quadratic bends {bend:.1f} px from an affine (limit {max_bend * width:.1f})"
-    return None
-
-
 def heldout_residual(model: str, matches: Matches, folds: int) -> float | None:
     """Median distance (map px) between held-out matches and the ``model`` fitted to the
     others (k-fold): an estimate of the error at points the fit never saw."""
-    needed = transforms.MIN_POINTS[model] * 2
+    needed = transforms.model_class(model).min_points * 2
     if len(matches) < max(needed, folds * 2):
         return None
     order = np.random.default_rng(0).permutation(len(matches))
@@ -234,11 +284,19 @@ def fine_stage(maps: VesselMaps, start: transforms.Transform, model: str = "quad
                options: FineOptions = FineOptions()) -> FineOutcome:
     """Fit ``model`` (or the next simpler one the evidence supports) from ``start`` (map px).
 
-    Models are tried in the order quadratic, homography, affine starting at ``model``; when
-    even an affine has too little evidence the ``start`` is returned unchanged with the reason.
+    Registered models are tried from ``model`` down to the simplest (quadratic, homography,
+    affine); a flexible one must also pass the spread and :meth:`Transform.plausibility`
+    checks. When even the simplest has too little evidence the ``start`` is returned
+    unchanged with the reason. A local model (``local``) is its base model from this cascade,
+    then :func:`local_stage`. ValueError for an unknown model.
     """
-    order = transforms.MODELS[::-1]
-    candidates = order[order.index(model):]
+    cls = transforms.model_class(model)
+    if cls.local:
+        return local_stage(maps, fine_stage(maps, start, cls.base_model, options), model,
+                           options)
+    names = transforms.model_names()
+    candidates = [name for name in names[:names.index(cls.model) + 1][::-1]
+                  if not transforms.model_class(name).local]
     unit = maps.width / options.reference_width
     current, kept, notes = start, None, []
     inliers = Matches(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0))
@@ -252,13 +310,13 @@ def fine_stage(maps: VesselMaps, start: transforms.Transform, model: str = "quad
             if fitted is None:
                 notes.append(f"no {candidate}: {found}")
                 continue
-            if candidate == "quadratic":
+            if transforms.model_class(candidate).flexible:
                 spread = _hull_share(found.fixed, area)
                 problem = (f"matches cover {spread:.0%} of the common field of view (needs "
                            f"{options.min_spread:.0%})" if spread < options.min_spread else
-                           plausible_quadratic(fitted, domain, maps.width, options.max_bend))
+                           fitted.plausibility(domain, maps.width, options.max_bend))
                 if problem:
-                    notes.append(f"no quadratic: {problem}")
+                    notes.append(f"no {candidate}: {problem}")
                     continue
             current, kept, inliers = fitted, candidate, found
             break
@@ -270,4 +328,69 @@ def fine_stage(maps: VesselMaps, start: transforms.Transform, model: str = "quad
     if kept != model:
         reason += f" ({'; '.join(notes)})"
     residual = heldout_residual(kept, inliers, options.folds)
-    return FineOutcome(current, kept, reason, inliers, residual)
+    return FineOutcome(current, kept, reason, inliers, residual, matches)
+
+
+def local_stage(maps: VesselMaps, outcome: FineOutcome, model: str = "local",
+                options: FineOptions = FineOptions()) -> FineOutcome:
+    """The local ``model`` (its base plus a regularised B-spline grid,
+    :mod:`fire_reg.geometry.local`) on top of the cascade's ``outcome`` (map px), or that
+    outcome with the reason it stays, said in its ``reason``.
+
+    The evidence is fresh matches around the base on vessel tiles only (``local_min_content``,
+    ``local_min_score``: a lesion that grew or faded is no vessel and moves nothing), trimmed
+    against a local fit at the strongest smoothing as :func:`fit_trimmed` trims. Each of
+    ``local_smoothing`` is scored by the held-out residual of the matches, split into folds of
+    ``local_block`` px blocks (:meth:`~fire_reg.geometry.local.Local.heldout`); the best one is
+    kept when it lowers the base model's held-out residual (same matches, same folds) by
+    ``local_gain`` and the map passes :meth:`Transform.plausibility`; otherwise the base stays.
+    """
+    cls = transforms.model_class(model)
+    if outcome.model != cls.base_model:
+        return _staying(outcome, f"no {model} correction: it needs a {cls.base_model} first")
+    base = outcome.transform
+    unit = maps.width / options.reference_width
+    vessels = replace(options, min_score=options.local_min_score,
+                      min_content=options.local_min_content)
+    if options.local_radius is None:
+        matches = outcome.candidates.subset(outcome.candidates.score >= options.local_min_score)
+    else:
+        matches = match_tiles(maps, base, options.local_radius, vessels)
+    needed = options.min_inliers.get(model, cls.min_inliers)
+    evidence = cls.evidence(matches.fixed, matches.moving, matches.score, maps.fixed_size,
+                            options.local_knots)
+    keep = _trimmed(lambda kept: evidence.residuals(base, kept, max(options.local_smoothing)),
+                    len(matches), needed, options, unit)
+    if keep.sum() < needed:
+        return _staying(outcome, f"no {model} correction: {keep.sum()} consistent vessel "
+                                 f"tile matches (a {model} needs {needed})")
+    blocks = np.floor(matches.fixed / (options.local_block * unit)).astype(int) % 2
+    base_errors, local_errors = evidence.heldout(blocks[:, 0] + 2 * blocks[:, 1],
+                                                 options.local_smoothing, keep)
+    measured = np.isfinite(base_errors)
+    if measured.sum() < needed:
+        return _staying(outcome, f"no {model} correction: too few matches to measure its "
+                                 f"held-out residual")
+    before = float(base_errors[measured].mean())
+    after = {smoothing: float(errors[measured].mean())
+             for smoothing, errors in local_errors.items()}
+    smoothing = min(after, key=after.get)
+    gain = 1.0 - after[smoothing] / max(before, 1e-12)
+    if gain < options.local_gain:
+        change = f"lowers it by {gain:.1%}" if gain > 0 else f"raises it by {-gain:.1%}"
+        return _staying(outcome, f"no {model} correction: it does not lower the held-out "
+                                 f"residual enough ({change}, needs {options.local_gain:.0%})")
+    domain = maps.common_points(base)
+    fitted = evidence.transform(base, keep, smoothing, domain)
+    problem = fitted.plausibility(domain, maps.width, options.max_bend)
+    if problem:
+        return _staying(outcome, f"no {model} correction: {problem}")
+    return FineOutcome(fitted, model, (
+        f"{outcome.reason}, then {model} from {keep.sum()} vessel tile matches (smoothing "
+        f"{smoothing:g}: held-out residual {gain:.0%} below the {cls.base_model}'s)"),
+        matches.subset(keep), float(np.median(local_errors[smoothing][measured])))
+
+
+def _staying(outcome: FineOutcome, note: str) -> FineOutcome:
+    """``outcome`` with ``note`` added to its reason."""
+    return replace(outcome, reason=f"{outcome.reason}; {note}")

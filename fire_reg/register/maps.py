@@ -2,7 +2,8 @@
 
 :class:`VesselMaps` holds both maps, their fields of view and scales, warps the moving map
 through a transform (cached), and measures alignment; every transform here goes **fixed px ->
-moving px** in map pixels (:mod:`fire_reg.geometry`).
+moving px** in map pixels (:mod:`fire_reg.geometry`); similarity measures come from
+:mod:`fire_reg.imaging.similarity`.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fire_reg.geometry import transforms
+from fire_reg.imaging import similarity as measures
 from fire_reg.imaging import vessels
 
 _WORKERS = min(4, os.cpu_count() or 1)
@@ -46,12 +48,13 @@ class VesselMaps:
 
     @classmethod
     def of(cls, fixed, moving, settings: vessels.VesselMapSettings, fixed_mask=None,
-           moving_mask=None) -> "VesselMaps":
+           moving_mask=None, polarities=("dark", "dark")) -> "VesselMaps":
         """Vessel maps of two BGR (or gray) images made with ``settings`` (its
-        ``work_width`` px wide)."""
+        ``work_width`` px wide); ``polarities``: (fixed, moving) "dark" or "bright" vessels
+        (:func:`fire_reg.imaging.vessels.vessel_map`), so that both maps show vessels alike."""
         (fixed_map, fixed_fov, fixed_scale), (moving_map, moving_fov, moving_scale) = _pool().map(
-            lambda image_mask: vessels.vessel_map(*image_mask, settings=settings),
-            [(fixed, fixed_mask), (moving, moving_mask)])
+            lambda job: vessels.vessel_map(job[0], job[1], settings=settings, polarity=job[2]),
+            [(fixed, fixed_mask, polarities[0]), (moving, moving_mask, polarities[1])])
         return cls(fixed_map, fixed_fov, moving_map, moving_fov, fixed_scale, moving_scale,
                    settings.work_width)
 
@@ -92,20 +95,22 @@ class VesselMaps:
             cache[id(transform)] = (transform, result)
         return result
 
-    def similarity(self, transform: transforms.Transform) -> float:
-        """NCC of the fixed map and the warped moving map inside their common field of view;
-        -1 when they hardly overlap."""
+    def similarity(self, transform: transforms.Transform, measure="ncc") -> float:
+        """``measure`` (a name or function of :mod:`fire_reg.imaging.similarity`; NCC by
+        default) of the fixed map and the moving map warped through ``transform`` (map px),
+        inside their common field of view; -1 when they hardly overlap (under 64 px or 5 % of
+        the fixed field of view)."""
+        score = measures.measure(measure)
         warped, warped_fov = self.warped(transform)
         common = self.fixed_fov & warped_fov
         if common.sum() < max(64, 0.05 * self.fixed_fov.sum()):
             return -1.0
-        a, b = self.fixed[common], warped[common]
-        a, b = a - a.mean(), b - b.mean()
-        return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
+        return float(score(self.fixed, warped, common))
 
-    def similarities(self, candidates: list[transforms.Transform]) -> list[float]:
+    def similarities(self, candidates: list[transforms.Transform], measure="ncc") -> list[float]:
         """:meth:`similarity` of each transform, computed side by side on the thread pool."""
-        return list(_pool().map(self.similarity, candidates))
+        return list(_pool().map(lambda candidate: self.similarity(candidate, measure),
+                                candidates))
 
     def overlap(self, transform: transforms.Transform) -> float:
         """Share of the fixed field of view that the moving field of view covers."""

@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from fire_reg import geometry
+from fire_reg.config import Config, FieldError, setting
+from fire_reg.imaging import modality as modalities
 from fire_reg.register.ecc import EccOptions, ecc_on_maps
 from fire_reg.register.fine import FineOptions, fine_stage
+from fire_reg.register.trust import TrustOptions
 from fire_reg.register.maps import VesselMaps
 from fire_reg.geometry import transforms
 from fire_reg.register import trust
@@ -47,6 +51,84 @@ POLISH_MIN_RATIO = 1.5
 (a finer map adds too little below that)."""
 
 
+def _transform_choices() -> tuple[str, ...]:
+    """The registered transform models, richest first, and "none" (asked each time, so that a
+    model registered later is offered)."""
+    return (*reversed(transforms.model_names()), "none")
+
+
+@dataclass(frozen=True)
+class RegistrarConfig(Config):
+    """Settings of a :class:`Registrar`, each checked on construction (FieldError naming it).
+
+    ``iterations``, ``refine``, ``refine_width`` and ``transform`` are the ``register`` and
+    ``evaluate`` commands' flags (:func:`fire_reg.config.setting`). ``ecc``: options of the
+    affine ECC after the network (None: :data:`ECC_BEFORE_FINE`, or :data:`ECC_FINAL` with
+    ``transform="none"``); ``polish``: options of the ECC polish at ``refine_width`` (used when
+    both images are at least :data:`POLISH_MIN_RATIO` x the working width); ``fine`` /
+    ``trust``: the fine stage's and the verdict's thresholds.
+    """
+
+    iterations: int = setting(2, help="network passes (coarse to fine)")
+    refine: str = setting("ecc", help="affine ECC refinement after the network (ecc) or none",
+                          choices=lambda: ("ecc", "none"))
+    refine_width: int | None = setting(
+        None, help="also polish with ECC at this width in px (>= 64, e.g. 1024): more accurate "
+                   "on large images, about 4x slower (default: off)")
+    transform: str = setting(
+        "quadratic", choices=_transform_choices,
+        help="richest model of the fine stage (quadratic: the curved retina; it falls back to "
+             "simpler models on thin evidence); none: network + ECC affine only")
+    modality: str | None = setting(
+        None, help="modalities of the images (colour, red-free, fa, ir, icg, af): one for both, "
+                   "or fixed=M,moving=M (default: detected per image)")
+    ecc: EccOptions | None = None
+    polish: EccOptions = field(default_factory=lambda: EccOptions(levels=1, iterations=20,
+                                                                  epsilon=1e-4))
+    fine: FineOptions = field(default_factory=FineOptions)
+    trust: TrustOptions = field(default_factory=TrustOptions)
+
+    def __post_init__(self):
+        self._integer("iterations", low=1)
+        if self.refine is None:
+            self._set("refine", "none")
+        self._choice("refine")
+        self._integer("refine_width", low=64, optional=True)
+        self._choice("transform")
+        self.given_modalities()
+        if self.ecc is not None:
+            self._nested("ecc", EccOptions)
+        self._nested("polish", EccOptions)
+        self._nested("fine", FineOptions)
+        self._nested("trust", TrustOptions)
+
+    def given_modalities(self) -> tuple[str | None, str | None]:
+        """(fixed, moving) modalities that ``modality`` gives (None: detect that image's)."""
+        if self.modality is None:
+            return None, None
+        if not isinstance(self.modality, str):
+            raise FieldError("modality", f"must be a text like fa or fixed=colour,moving=fa, "
+                                         f"got {self.modality!r}")
+        given = {"fixed": None, "moving": None}
+        for item in self.modality.split(","):
+            name, _, value = item.strip().rpartition("=")
+            keys = ("fixed", "moving") if not name else (name.strip(),)
+            if any(key not in given for key in keys):
+                raise FieldError("modality", f"names fixed or moving images, got {name!r}")
+            try:
+                given.update(dict.fromkeys(keys, modalities.check(value.strip())))
+            except ValueError as error:
+                raise FieldError("modality", str(error)) from None
+        return given["fixed"], given["moving"]
+
+    @property
+    def ecc_options(self) -> EccOptions:
+        """``ecc``, or its default for this ``transform``."""
+        if self.ecc is not None:
+            return self.ecc
+        return ECC_FINAL if self.transform == "none" else ECC_BEFORE_FINE
+
+
 class Registrar:
     """Registers pairs of fundus photographs with the learned network, ECC and the fine stage.
 
@@ -54,35 +136,17 @@ class Registrar:
     :func:`fire_reg.learn.bundle.load_model`, or an already loaded ``(model, settings)`` pair: the
     vessel maps are made with the model's own preprocessing settings (working width, CLAHE,
     top-hat), so a model trained at another width is applied as it was trained.
-    ``iterations``: network passes (>= 1); ``refine``: "ecc" or "none" (affine ECC after the
-    network, with ``ecc`` options; default :data:`ECC_BEFORE_FINE`, or :data:`ECC_FINAL`
-    with ``transform="none"``); ``transform``: the richest model the fine stage may fit
-    ("quadratic", "homography", "affine") or "none" (network + ECC affine only);
-    ``refine_width``: optional finer ECC polish width (px, with ``polish`` options; used
-    when both images are at least :data:`POLISH_MIN_RATIO` x the working width);
-    ``fine`` / ``trust_options``: the fine stage's and the verdict's thresholds.
-    ValueError for settings out of range; InputError for a missing or foreign model file.
+    ``config``: a :class:`RegistrarConfig` (default: its defaults); keyword arguments change
+    its fields (``Registrar(model, transform="affine")`` is
+    ``Registrar(model, dataclasses.replace(config, transform="affine"))``), checked there.
+    FieldError (a ValueError) for settings out of range, before the model loads; InputError
+    for a missing or foreign model file.
     """
 
     name = "fire-reg"
 
-    def __init__(self, model=None, iterations: int = 2, refine: str | None = "ecc",
-                 refine_width: int | None = None, transform: str = "quadratic",
-                 ecc: EccOptions | None = None,
-                 polish: EccOptions = EccOptions(
-                     levels=1, iterations=20, epsilon=1e-4),
-                 fine: FineOptions | None = None,
-                 trust_options: trust.TrustOptions | None = None):
-        refine = "none" if refine is None else refine
-        if refine not in ("none", "ecc"):
-            raise ValueError(f"refine must be 'ecc' or 'none', got {refine!r}")
-        if transform not in (*transforms.MODELS, "none"):
-            raise ValueError(f"transform must be one of {', '.join(transforms.MODELS)} or "
-                             f"'none', got {transform!r}")
-        if int(iterations) < 1:
-            raise ValueError(f"iterations must be at least 1, got {iterations}")
-        if refine_width is not None and int(refine_width) < 64:
-            raise ValueError(f"refine width must be at least 64 px, got {refine_width}")
+    def __init__(self, model=None, config: RegistrarConfig | None = None, **changes):
+        self.config = dataclasses.replace(config or RegistrarConfig(), **changes)
         if isinstance(model, tuple):
             self.model, self.settings = model
         else:
@@ -92,59 +156,70 @@ class Registrar:
         self.size = self.settings.input_size
         self.preprocessing = self.settings.preprocessing
         self.work_width = self.preprocessing.work_width
-        self.iterations = int(iterations)
-        self.refine = refine
-        self.refine_width = None if refine_width is None else int(refine_width)
-        self.transform = transform
-        self.ecc = ecc or (ECC_FINAL if transform == "none" else ECC_BEFORE_FINE)
-        self.polish = polish
-        self.fine = fine or FineOptions()
-        self.trust_options = trust_options or trust.TrustOptions()
         blank = np.zeros((self.size, self.size), np.float32)
         self._predict(blank, blank)  # compile once here, so per-pair seconds are steady-state
 
     @property
     def decode_width(self) -> int:
         """Image files are decoded at no less than this width (px)."""
-        return max(self.work_width, self.refine_width or 0)
+        return max(self.work_width, self.config.refine_width or 0)
 
     def register(self, fixed: np.ndarray, moving: np.ndarray, fixed_mask=None,
-                 moving_mask=None) -> Registration:
-        """Register two BGR (or gray) images; the transform is in these images' pixels."""
+                 moving_mask=None, modalities_given=(None, None)) -> Registration:
+        """Register two BGR (or gray) images; the transform is in these images' pixels.
+
+        The images' modalities are ``modalities_given`` (fixed, moving), else the config's
+        ``modality``, else detected (:func:`fire_reg.imaging.modality.detect`); each image's
+        vessel map takes its modality's polarity, so that an angiogram's bright vessels meet
+        a photograph's dark ones."""
         start = time.perf_counter()
-        maps = VesselMaps.of(fixed, moving, self.preprocessing, fixed_mask,
-                                           moving_mask)
+        pair_modalities = self._modalities(fixed, moving, fixed_mask, moving_mask,
+                                           modalities_given)
+        polarities = tuple(modalities.polarity(name) for name in pair_modalities)
+        maps = VesselMaps.of(fixed, moving, self.preprocessing, fixed_mask, moving_mask,
+                             polarities)
         estimate, similarity = self._network_estimate(maps)
         stages = {"network": maps.to_full(estimate)}
         reason = "network"
-        if self.refine == "ecc":
+        if self.config.refine == "ecc":
             estimate, similarity, reason = self._ecc_steps(fixed, moving, fixed_mask, moving_mask,
-                                                           maps, estimate, similarity, stages)
-        if self.transform != "none":
-            fine = fine_stage(maps, estimate, self.transform, self.fine)
+                                                           maps, estimate, similarity, stages,
+                                                           polarities)
+        if self.config.transform != "none":
+            fine = fine_stage(maps, estimate, self.config.transform, self.config.fine)
             estimate = fine.transform
             stages[f"fine_{fine.model}"] = maps.to_full(estimate)
             reason = f"{reason}, then {fine.reason}"
             similarity = maps.similarity(estimate)
         fixed_size, moving_size = (fixed.shape[1], fixed.shape[0]), (moving.shape[1], moving.shape[0])
-        verdict = trust.judge(maps, estimate, fixed_size, self.trust_options)
+        verdict = trust.judge(maps, estimate, fixed_size, self.config.trust)
+        if pair_modalities != ("colour", "colour"):
+            reason = " -> ".join(pair_modalities[::-1]) + f": {reason}"
         return Registration(maps.to_full(estimate), verdict.status, f"{reason}; {verdict.reason}",
                             fixed_size, moving_size, seconds=time.perf_counter() - start,
                             estimated_error_px=verdict.estimated_error_px,
                             overlap=verdict.overlap, similarity=similarity,
-                            checks=verdict.checks, stages=stages)
+                            checks=verdict.checks, stages=stages,
+                            modalities=dict(zip(("fixed", "moving"), pair_modalities)))
+
+    def _modalities(self, fixed, moving, fixed_mask, moving_mask, given) -> tuple[str, str]:
+        """(fixed, moving) modalities: given, else configured, else detected."""
+        configured = self.config.given_modalities()
+        return tuple(given[i] or configured[i] or modalities.detect(image, mask).modality
+                     for i, (image, mask) in enumerate(((fixed, fixed_mask),
+                                                        (moving, moving_mask))))
 
     def _ecc_steps(self, fixed, moving, fixed_mask, moving_mask, maps, estimate, similarity,
-                   stages):
+                   stages, polarities):
         """ECC on the working maps, then optionally on finer maps; each step kept only when it
         raises that width's similarity. Returns (estimate, similarity, reason) in working px."""
         reason = "network"
-        steps = [(maps, self.ecc)]
-        fine_width = min(self.refine_width or 0, fixed.shape[1], moving.shape[1])
+        steps = [(maps, self.config.ecc_options)]
+        fine_width = min(self.config.refine_width or 0, fixed.shape[1], moving.shape[1])
         if fine_width >= POLISH_MIN_RATIO * self.work_width:
             finer = dataclasses.replace(self.preprocessing, work_width=fine_width)
-            steps.append((VesselMaps.of(fixed, moving, finer, fixed_mask,
-                                                      moving_mask), self.polish))
+            steps.append((VesselMaps.of(fixed, moving, finer, fixed_mask, moving_mask,
+                                        polarities), self.config.polish))
         full = maps.to_full(estimate)
         for step_maps, options in steps:
             current = step_maps.to_maps(full)
@@ -182,7 +257,7 @@ class Registrar:
         estimate = geometry.pixel_from_letterboxed(geometry.identity(), maps.fixed_size,
                                                    maps.moving.shape[1::-1], size)
         similarity = -1.0
-        for iteration in range(self.iterations):
+        for iteration in range(self.config.iterations):
             moving_in = geometry.resample(maps.moving, geometry.compose(estimate, from_patch),
                                          (size, size))
             if iteration:

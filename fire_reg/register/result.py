@@ -10,21 +10,28 @@ files a result is written to.
   than this width; None: full size) and ``register(fixed, moving) -> Registration`` on BGR
   images. :func:`register_files` is the only path from image files to a result in original
   pixels: ``fire-reg register``, ``register --batch``, ``evaluate`` and the demo use it.
-* :func:`write_files`: ``transform.json``, ``transform.tfm``, ``warped.png`` and
-  ``overlay.png``, each written under a temporary name and renamed when complete.
+* :func:`write_files`: ``transform.json``, ``transform.tfm`` (an affine result) or
+  ``displacement.mha`` (any other model; :mod:`fire_reg.register.exports`), ``warped.png`` and
+  ``overlay.png``, committed together as one result set (a failed result: no ``warped.png``).
+  :meth:`Registration.load` reads a ``transform.json`` back.
 """
 from __future__ import annotations
 
+import json
+import numbers
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from fire_reg.imaging.overlays import save_overlay_panel
-from fire_reg.io.images import image_size, read_for_width, read_image
+from fire_reg.io.images import decode, image_size, read_for_width, write_image
 from fire_reg import geometry
 from fire_reg.geometry import transforms
-from fire_reg.io.output import atomic_path, write_json, write_text
+from fire_reg.data.fire import FIRE_WIDTH
+from fire_reg.io.errors import InputError
+from fire_reg.io.output import atomic_folder, write_json
+from fire_reg.register import exports
 
 STATUSES = ("ok", "suspect", "failed")
 CONVENTION = ("x right, y down, (0, 0) = centre of the top-left pixel; fixed px -> moving px; "
@@ -35,7 +42,10 @@ CONVENTION = ("x right, y down, (0, 0) = centre of the top-left pixel; fixed px 
 
 @dataclass
 class Registration:
-    """Outcome of one registration, in the pixels of the images it was given."""
+    """Outcome of one registration, in the pixels of the images it was given: every length
+    (``estimated_error_px``, the numbers under keys ending in ``_px`` in ``checks``, the
+    figures in ``reason``) is in px of the fixed image, and FIRE-equivalent figures (x 2912 /
+    fixed width) are labelled so."""
 
     transform: transforms.Transform
     status: str
@@ -49,6 +59,7 @@ class Registration:
     similarity: float | None = None
     checks: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)
+    modalities: dict | None = None
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -68,29 +79,59 @@ class Registration:
 
     def rescaled(self, fixed_scale, moving_scale, fixed_size, moving_size) -> "Registration":
         """The same result for images resampled by (sx, sy) factors (new px per old px), with
-        their sizes; the error estimate is in fixed px, so it scales with ``fixed_scale``."""
-        error = self.estimated_error_px
+        their sizes. Lengths in fixed px scale with ``fixed_scale`` (their mean): the
+        estimated error, every number under a key ending in ``_px`` in ``checks``, and the
+        reason's :func:`error_phrase`, rewritten so that it states the new estimate."""
+        length = float(np.mean(fixed_scale))
+        error, reason = self.estimated_error_px, self.reason
         if error is not None:
-            error = error * float(np.mean(fixed_scale))
+            reason = reason.replace(error_phrase(error, self.fixed_size[0]),
+                                    error_phrase(error * length, fixed_size[0]))
+            error = error * length
         return replace(self, transform=self.transform.rescaled(fixed_scale, moving_scale),
                        matrix=geometry.rescale(self.matrix, fixed_scale, moving_scale),
                        fixed_size=tuple(fixed_size), moving_size=tuple(moving_size),
-                       estimated_error_px=error,
+                       estimated_error_px=error, reason=reason,
+                       checks=_scaled_lengths(self.checks, length),
                        stages={name: stage.rescaled(fixed_scale, moving_scale)
                                for name, stage in self.stages.items()})
 
     def to_itk(self) -> str:
-        """ITK ``.tfm`` text (``AffineTransform_double_2_2``, centre 0) of the best affine.
+        """ITK ``.tfm`` text (``AffineTransform_double_2_2``, centre 0) of an affine result,
+        exact: ITK transforms map fixed-image physical points to moving-image physical points,
+        which with unit spacing and zero origin are our pixel coordinates. ValueError for any
+        other model (ITK's .tfm cannot hold it; :mod:`fire_reg.register.exports` writes a
+        displacement field instead)."""
+        return exports.itk_affine_text(self.transform)
 
-        ITK transforms map fixed-image physical points to moving-image physical points, which
-        with unit spacing and zero origin are our pixel coordinates: ``Parameters: a00 a01 a10
-        a11 tx ty``. ITK has no quadratic transform; the full model is in transform.json.
-        """
-        (a00, a01, tx), (a10, a11, ty) = self.matrix
-        values = " ".join(f"{v:.12g}" for v in (a00, a01, a10, a11, tx, ty))
-        return ("#Insight Transform File V1.0\n#Transform 0\n"
-                "Transform: AffineTransform_double_2_2\n"
-                f"Parameters: {values}\nFixedParameters: 0 0\n")
+    @classmethod
+    def load(cls, path) -> "Registration":
+        """A result read back from its ``transform.json`` (as :func:`write_files` and
+        ``fire-reg register`` write it): transform, status, reason, sizes, matrix, estimated
+        error, overlap, similarity, checks and stages. InputError naming the file when it is
+        missing, not JSON, or not a fire-reg transform.json."""
+        path = Path(path)
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(path, "not found") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputError(path, f"not a readable JSON file ({error})") from None
+        try:
+            return cls(transform=transforms.transform_from_dict(record["transform"]),
+                       status=record["status"], reason=str(record.get("reason", "")),
+                       fixed_size=tuple(int(v) for v in record["fixed_size"]),
+                       moving_size=tuple(int(v) for v in record["moving_size"]),
+                       seconds=float(record.get("seconds") or 0.0), matrix=record.get("matrix"),
+                       estimated_error_px=record.get("estimated_error_px"),
+                       overlap=record.get("overlap"), similarity=record.get("similarity"),
+                       checks=dict(record.get("checks") or {}),
+                       stages={name: transforms.transform_from_dict(stage)
+                               for name, stage in (record.get("stages") or {}).items()},
+                       modalities=record.get("modalities"))
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            problem = f"missing {error}" if isinstance(error, KeyError) else str(error)
+            raise InputError(path, f"not a fire-reg transform.json ({problem})") from None
 
     def to_json(self) -> dict:
         """The ``transform.json`` schema (DESIGN.md, docs/conventions.md)."""
@@ -101,8 +142,27 @@ class Registration:
                 "seconds": self.seconds, "status": self.status, "reason": self.reason,
                 "estimated_error_px": self.estimated_error_px, "overlap": self.overlap,
                 "similarity": self.similarity, "checks": self.checks,
-                "convention": CONVENTION,
+                "convention": CONVENTION, "modalities": self.modalities,
                 "stages": {name: stage.to_dict() for name, stage in self.stages.items()}}
+
+
+def error_phrase(error_px: float, fixed_width: int) -> str:
+    """How a reason states an estimated error of ``error_px`` px of a fixed image
+    ``fixed_width`` px wide: "estimated error 1.12 px (1.12 FIRE-equivalent px)", the second
+    figure x 2912 / width (:data:`fire_reg.data.fire.FIRE_WIDTH`). :meth:`Registration.rescaled`
+    rewrites it, so the reason always states ``estimated_error_px`` (to 0.01 px)."""
+    return (f"estimated error {error_px:.2f} px "
+            f"({error_px * FIRE_WIDTH / fixed_width:.2f} FIRE-equivalent px)")
+
+
+def _scaled_lengths(value, factor: float):
+    """A copy of ``value`` (nested dicts) with every number under a key ending in ``_px``
+    multiplied by ``factor``."""
+    if not isinstance(value, dict):
+        return value
+    return {key: (item * factor if key.endswith("_px") and isinstance(item, numbers.Real)
+                  and not isinstance(item, bool) else _scaled_lengths(item, factor))
+            for key, item in value.items()}
 
 
 def failed(reason: str, fixed_size, moving_size) -> Registration:
@@ -125,22 +185,41 @@ def register_files(method, fixed_path, moving_path) -> Registration:
                            fixed_size, moving_size)
 
 
-def write_files(out_dir, result: Registration, fixed_path, moving_path) -> None:
-    """Write ``transform.json``, ``transform.tfm``, ``warped.png`` (the colour moving image in
-    the fixed frame, full size) and ``overlay.png`` (before/after panels) to ``out_dir``."""
-    import cv2
+OUTPUTS = ("transform.json", exports.TFM_NAME, exports.FIELD_NAME, "warped.png", "overlay.png")
+"""Every file a result set can have; ``transform.json``, moved in last, marks a complete one."""
 
 
-    out_dir = Path(out_dir)
-    fixed, moving = read_image(fixed_path), read_image(moving_path)
-    warped = result.transform.warp(moving, result.fixed_size)
-    with atomic_path(out_dir / "warped.png") as tmp:
-        if not cv2.imwrite(str(tmp), warped):
-            raise OSError(f"could not write {out_dir / 'warped.png'}")
-    save_overlay_panel(out_dir / "overlay.png", fixed, moving, result.transform,
-                                 title=f"{Path(moving_path).name} -> {Path(fixed_path).name}: "
-                                       f"{result.status}")
+def write_files(out_dir, result: Registration, fixed_path, moving_path,
+                fingerprint: str | None = None) -> None:
+    """Write ``transform.json`` (with ``pixel_spacing_mm`` (x, y) of both images where their
+    files record it, else null, and ``exports``), ``transform.tfm`` for an affine result or
+    ``displacement.mha`` for any other (ITK; :func:`exports.write_exports`), ``warped.png``
+    (the moving image in the fixed frame, full size, with its channels and bit depth: 16-bit
+    stays 16-bit) and ``overlay.png`` (before/after panels) to ``out_dir``.
+
+    The set is committed as one (:func:`fire_reg.io.output.atomic_folder`): written into a
+    hidden folder, then renamed into place (into an existing folder: moved in file by file,
+    ``transform.json`` last, and files of :data:`OUTPUTS` the new set lacks removed), so a
+    full disk or a stop leaves the previous set or none, never part of one. A ``failed``
+    result gets no ``warped.png`` (its transform is not to be trusted). ``fingerprint``: the
+    run's settings fingerprint (:mod:`fire_reg.io.runs`), recorded in transform.json for
+    ``register --batch --resume``.
+    """
+    fixed, moving = decode(fixed_path), decode(moving_path)
     record = result.to_json()
-    record.update(fixed=str(fixed_path), moving=str(moving_path))
-    write_text(out_dir / "transform.tfm", result.to_itk())
-    write_json(out_dir / "transform.json", record)
+    record.update(fixed=str(fixed_path), moving=str(moving_path),
+                  pixel_spacing_mm={"fixed": fixed.pixel_spacing_mm,
+                                    "moving": moving.pixel_spacing_mm})
+    if fingerprint is not None:
+        record["fingerprint"] = fingerprint
+    with atomic_folder(out_dir, owned=OUTPUTS, last="transform.json") as folder:
+        if result.status != "failed":
+            write_image(folder / "warped.png",
+                        result.transform.warp(moving.pixels, result.fixed_size))
+        save_overlay_panel(folder / "overlay.png", fixed.bgr8(), moving.bgr8(), result.transform,
+                           title=f"{Path(moving_path).name} -> {Path(fixed_path).name}: "
+                                 f"{result.status}",
+                           modalities=None if not result.modalities else (
+                               result.modalities["fixed"], result.modalities["moving"]))
+        record["exports"] = exports.write_exports(folder, result.transform, result.fixed_size)
+        write_json(folder / "transform.json", record)
