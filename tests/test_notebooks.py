@@ -10,6 +10,8 @@ from nbclient import NotebookClient
 import fire_reg
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+MULTIMODAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "multimodal"
+"""The real colour / angiogram pair notebook 03 registers when it is there."""
 
 
 def test_all_three_notebooks_exist():
@@ -46,6 +48,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("FIRE_REG_SMALL", "1")
     monkeypatch.setenv("FIRE_REG_WORK", str(tmp_path / "work"))
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    monkeypatch.setenv("FIRE_REG_MULTIMODAL", str(MULTIMODAL))
     notebook = nbformat.read(path, as_version=4)
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), \
         "commit notebooks without outputs"

@@ -18,6 +18,7 @@ from fire_reg.io.images import image_size
 from fire_reg.io.errors import InputError
 from fire_reg.io.output import exclusive_output
 from fire_reg.cli.signals import interruptible
+from fire_reg.register.pool import check_dask, default_workers
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,13 +34,17 @@ def _parser() -> argparse.ArgumentParser:
 
     register = commands.add_parser("register", help="register FIXED and MOVING (or --batch)")
     register.add_argument("fixed", nargs="?", help="fixed (reference) image")
-    register.add_argument("moving", nargs="?", help="moving image, brought into the fixed frame")
+    register.add_argument("moving", nargs="*",
+                          help="moving image, brought into the fixed frame; several: a series "
+                               "against FIXED, prepared once, one sub-folder of --out per image "
+                               "(named by its file stem), run as a batch")
     register.add_argument("--batch", help="CSV (columns fixed,moving[,id]) or FIRE-layout folder")
     register.add_argument("--out", required=True, help="output folder")
     register.add_argument("--resume", action="store_true",
-                          help="with --batch: keep the pairs an interrupted batch with the same "
-                               "settings and model finished, run the rest")
+                          help="with --batch or a series: keep the pairs an interrupted run with "
+                               "the same settings and model finished, run the rest")
     _registrar_options(register)
+    _pool_options(register)
 
     evaluate = commands.add_parser("evaluate", help="FIRE protocol: model vs baselines")
     evaluate.add_argument("--fire", required=True, help="FIRE-layout folder")
@@ -53,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--resume", action="store_true",
                           help="keep the pairs an interrupted evaluation already finished")
     _registrar_options(evaluate)
+    _pool_options(evaluate)
 
     train = commands.add_parser("train", help="train the network on prepared shards")
     train.add_argument("--data", required=True, help="shard folder from `fire-reg prepare`")
@@ -78,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="FIRE-layout data sets")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="WHAT",
-                                        help="embedded or verify")
+                                        help="embedded, fields or verify")
     embedded = data_commands.add_parser("embedded", help="write the embedded FIRE-layout set")
     embedded.add_argument("--out", required=True, help="output folder (FIRE layout)")
     embedded.add_argument("--images", help="folder of single photographs (default: skimage retina)")
@@ -94,10 +100,29 @@ def _parser() -> argparse.ArgumentParser:
     embedded.add_argument("--modality", default="colour",
                           help="draw every moving photograph as this modality (red-free, fa, "
                                "ir; geometry and ground truth unchanged)")
+    fields = data_commands.add_parser("fields", help="write a multi-field (montage) set with "
+                                                     "exact correspondences")
+    fields.add_argument("--out", required=True, help="output folder")
+    fields.add_argument("--images", help="folder of single photographs, one set each "
+                                         "(default: skimage retina)")
+    fields.add_argument("--select", action="append",
+                        help="glob of file names in --images to use (repeatable; default: all)")
+    fields.add_argument("--fields", type=int, default=7, help="fields per set (5-9)")
+    fields.add_argument("--seed", type=int, default=0, help="random seed of the set")
+    fields.add_argument("--size", type=int, help="output width in px (default: source size)")
     verify = data_commands.add_parser("verify", help="check a FIRE folder against the manifest")
     verify.add_argument("--fire", required=True, help="FIRE-layout folder")
     verify.add_argument("--layout-only", action="store_true",
                         help="check the FIRE layout only (for sets other than the real FIRE)")
+
+    mosaic = commands.add_parser("mosaic", help="stitch fields of one eye into one montage")
+    mosaic.add_argument("fields", nargs="+", metavar="FIELD",
+                        help="images, folders of images, or CSV files (first column: path)")
+    mosaic.add_argument("--out", required=True, help="output folder")
+    mosaic.add_argument("--reference", help="the field whose frame the montage uses "
+                                            "(default: the most connected one)")
+    _mosaic_flags().add_to(mosaic)
+    _registrar_options(mosaic)
 
     demo = commands.add_parser("demo", help="embedded set -> register -> evaluate -> report")
     demo.add_argument("--out", default="out/demo", help="output folder")
@@ -110,6 +135,13 @@ def _registrar_flags() -> ConfigFlags:
 
     return ConfigFlags(RegistrarConfig, ("iterations", "refine", "refine_width", "transform",
                                          "modality"))
+
+
+def _mosaic_flags() -> ConfigFlags:
+    from fire_reg.montage.mosaic import MosaicConfig
+
+    return ConfigFlags(MosaicConfig, ("placement", "blend", "min_overlap", "max_width",
+                                      "max_residual"))
 
 
 def _train_flags() -> ConfigFlags:
@@ -132,6 +164,15 @@ def _registrar_options(parser) -> None:
     _registrar_flags().add_to(parser)
 
 
+def _pool_options(parser) -> None:
+    parser.add_argument("--workers", type=int,
+                        help="worker processes, each with the model loaded once (default: "
+                             "every core; 1: one pair after the other in this process)")
+    parser.add_argument("--dask", metavar="ADDRESS",
+                        help="run the pairs on the Dask cluster whose scheduler is at ADDRESS "
+                             "(e.g. tcp://10.0.0.5:8786; needs fire-reg[dask])")
+
+
 def _registrar(args):
     """The Registrar the flags ask for; a bad setting is refused before the model loads."""
     from fire_reg.register.registrar import Registrar
@@ -142,8 +183,16 @@ def _registrar(args):
 def _check_early(args) -> None:
     """Refuse bad registrar flags and a missing or foreign ``--model`` in milliseconds, before
     anything is read or written and before Keras is imported."""
-    if args.command in ("register", "evaluate"):
+    if args.command in ("register", "evaluate", "mosaic"):
         _registrar_flags().config(args)
+    if args.command == "mosaic":
+        _mosaic_flags().config(args)
+    workers, dask = getattr(args, "workers", None), getattr(args, "dask", None)
+    if workers is not None and workers < 1:
+        raise InputError("--workers", f"must be at least 1, got {workers}")
+    if workers is not None and dask is not None:
+        raise InputError("--workers", "not with --dask (the cluster's workers run the pairs)")
+    check_dask(dask)
     if getattr(args, "model", None) is not None and not getattr(args, "no_model", False):
         from fire_reg.learn.bundle import check_model_file
 
@@ -155,16 +204,18 @@ def cmd_register(args) -> int:
 
     if args.batch and (args.fixed or args.moving):
         raise InputError(args.batch, "give either FIXED MOVING or --batch, not both")
-    if not args.batch:
+    if not args.batch and not (args.fixed and args.moving):
+        raise InputError("register", "needs FIXED and MOVING images, or --batch LIST")
+    if not args.batch and len(args.moving) == 1:
         if args.resume:
-            raise InputError("--resume", "continues a batch: give --batch LIST")
-        if not (args.fixed and args.moving):
-            raise InputError("register", "needs FIXED and MOVING images, or --batch LIST")
-        for path in (args.fixed, args.moving):  # headers checked before the model loads
+            raise InputError("--resume", "continues a batch or a series: give --batch LIST or "
+                                         "several MOVING images")
+        (moving,) = args.moving
+        for path in (args.fixed, moving):  # headers checked before the model loads
             image_size(path)
         registrar = _registrar(args)
-        result = registrar.register_files(args.fixed, args.moving)
-        write_files(args.out, result, args.fixed, args.moving)
+        result = registrar.register_files(args.fixed, moving)
+        write_files(args.out, result, args.fixed, moving)
         written = [name for name in OUTPUTS if (Path(args.out) / name).is_file()]
         print(f"{result.status}: {result.reason}; {result.seconds:.2f} s; wrote {args.out}/"
               + ", ".join(written))
@@ -191,7 +242,8 @@ def cmd_evaluate(args) -> int:
         raise InputError("--baselines", str(error)) from None
     methods = ([] if args.no_model else [_registrar(args)]) + [
         m for m in chosen if m.name != "identity"] + [baselines.baseline("identity")]
-    tester = Tester(args.fire, args.out, methods, overlays=args.overlays, resume=args.resume)
+    tester = Tester(args.fire, args.out, methods, overlays=args.overlays, resume=args.resume,
+                    workers=args.workers or default_workers(), dask=args.dask)
     tester.run()
     print((Path(args.out) / "report.md").read_text())
     print(f"wrote {args.out}/results.json, report.md, success_curves.png, error_boxplot.png, "
@@ -252,6 +304,14 @@ def _parse_per_image(text):
 
 
 def cmd_data(args) -> int:
+    if args.data_command == "fields":
+        from fire_reg.data.fields import make_field_set
+
+        summaries = make_field_set(args.out, images=args.images, fields=args.fields,
+                                   seed=args.seed, size=args.size,
+                                   select=tuple(args.select or ("*",)))
+        print(f"wrote {len(summaries)} multi-field set(s) of {args.fields} fields to {args.out}")
+        return 0
     if args.data_command == "embedded":
         from fire_reg.data.embedded import make_embedded_set
         from fire_reg.data.statistics import format_statistics
@@ -274,6 +334,23 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_mosaic(args) -> int:
+    from fire_reg.montage.mosaic import Mosaic, field_paths
+
+    paths = field_paths(args.fields)  # bad input fails before the model loads
+    result = Mosaic(_registrar(args), _mosaic_flags().config(args)).build(
+        paths, reference=args.reference)
+    result.write(args.out)
+    placed = sum(p.status == "placed" for p in result.placements)
+    for p in result.placements:
+        if p.status != "placed":
+            print(f"left out {p.path}: {p.reason}")
+    print(f"placed {placed} of {len(paths)} fields on a {result.canvas_size[0]} x "
+          f"{result.canvas_size[1]} px canvas in {result.seconds['total']:.2f} s; wrote "
+          f"{args.out}/mosaic.png, mosaic.json, coverage.png, pairs.json, report.md")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from fire_reg.cli.demo import run_demo
 
@@ -284,7 +361,7 @@ def cmd_demo(args) -> int:
 
 COMMANDS = {"register": cmd_register, "evaluate": cmd_evaluate, "train": cmd_train,
             "export": cmd_export,
-            "prepare": cmd_prepare, "data": cmd_data, "demo": cmd_demo}
+            "prepare": cmd_prepare, "data": cmd_data, "demo": cmd_demo, "mosaic": cmd_mosaic}
 
 
 LIGHT_BACKEND = "numpy"
