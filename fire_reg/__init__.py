@@ -39,6 +39,7 @@ _EXPORTS = {
     "VesselMapSettings": "fire_reg.imaging.vessels", "Tester": "fire_reg.evaluate.tester",
     "build_model": "fire_reg.learn.network", "load_model": "fire_reg.learn.bundle",
     "ModelSettings": "fire_reg.learn.settings", "make_embedded_set": "fire_reg.data.embedded",
+    "Mosaic": "fire_reg.montage.mosaic",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -29,14 +29,14 @@ def test_register_writes_three_files(small_fire, tiny_model_path, tmp_path, caps
                                np.eye(3), atol=1e-9)
     assert record["fixed_size"] == list(pair.size("fixed"))
     # an untrained (identity) network, then ECC and the fine stage: S01 moves little
-    assert record["status"] == "ok" and record["transform"]["model"] == "quadratic"
+    assert record["status"] == "ok" and record["transform"]["model"] in ("local", "quadratic")
     assert 0 <= record["estimated_error_px"] < 2 and 0.5 < record["overlap"] <= 1
     assert 0 < record["seconds"] < 60
     warped = cv2.imread(str(tmp_path / "reg" / "warped.png"))
     assert warped.shape[:2] == pair.image("fixed").shape[:2] and warped.ndim == 3
     assert cv2.imread(str(tmp_path / "reg" / "overlay.png")) is not None
     assert not list((tmp_path / "reg").glob(".*part*"))
-    # a quadratic: no ITK .tfm (it cannot hold one), a displacement field instead
+    # not an affine: no ITK .tfm (it cannot hold one), a displacement field instead
     assert not (tmp_path / "reg" / "transform.tfm").exists()
     assert "displacement.mha" in record["exports"]["written"]
     assert (tmp_path / "reg" / "displacement.mha").is_file()
@@ -95,7 +95,9 @@ def test_evaluate_writes_report_and_plots(small_fire, tiny_model_path, tmp_path,
     assert code == 0
     results = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert results["methods"] == ["fire-reg", "sift", "identity", "ground-truth affine",
-                                  "ground-truth homography", "ground-truth quadratic"]
+                                  "ground-truth homography", "ground-truth quadratic",
+                                  "dense-fit affine", "dense-fit homography",
+                                  "dense-fit quadratic"]
     assert set(results["pairs"]) == {"S01", "S02", "P01", "A01"}
     entry = results["pairs"]["P01"]
     assert {"matrix", "error_px", "category", "seconds"} <= set(entry)
@@ -104,7 +106,7 @@ def test_evaluate_writes_report_and_plots(small_fire, tiny_model_path, tmp_path,
     assert results["pairs"]["S01"]["methods"]["ground-truth quadratic"]["error_px"] < 1.0
     assert results["pairs"]["S01"]["methods"]["sift"]["error_px"] < 10.0
     assert summary["ground-truth affine"]["auc_S"] > summary["identity"]["auc_S"]
-    assert entry["transform"]["model"] == "quadratic" or "no quadratic" in \
+    assert entry["transform"]["model"] in ("local", "quadratic") or "no quadratic" in \
         entry["methods"]["fire-reg"]["reason"]
     assert set(results["trust"]) == {"fire-reg"}
     assert (tmp_path / "ev" / "pairs" / "P01.json").is_file()  # written as each pair finished

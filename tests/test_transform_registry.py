@@ -78,12 +78,13 @@ def pair():
 
 
 def test_model_names_list_registered_models_simplest_first(toy):
-    assert transforms.model_names() == ("toy-similarity", "affine", "homography", "quadratic")
+    assert transforms.model_names() == ("toy-similarity", "affine", "homography", "quadratic",
+                                       "local")
     assert transforms.model_class("toy-similarity") is toy
 
 
 def test_after_unregistering_only_the_built_in_models_remain():
-    assert transforms.model_names() == ("affine", "homography", "quadratic")
+    assert transforms.model_names() == ("affine", "homography", "quadratic", "local")
     with pytest.raises(ValueError, match="unknown transform model 'toy-similarity'"):
         transforms.fit_transform("toy-similarity", np.zeros((4, 2)), np.zeros((4, 2)))
 
@@ -163,4 +164,4 @@ def test_registry_refuses_incomplete_reserved_and_duplicate_models():
         transforms.register_model(Impostor)
     with pytest.raises(ValueError, match="no transform model"):
         transforms.unregister_model("toy-similarity")
-    assert transforms.model_names() == ("affine", "homography", "quadratic")
+    assert transforms.model_names() == ("affine", "homography", "quadratic", "local")

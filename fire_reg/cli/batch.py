@@ -1,4 +1,13 @@
-"""``fire-reg register --batch``: many pairs from a CSV list or a FIRE-layout folder.
+"""``fire-reg register --batch``: many pairs from a CSV list or a FIRE-layout folder, or one
+reference against many images (``register FIXED MOVING1 MOVING2 ...``, one sub-folder per
+moving image, named by its file stem).
+
+The rows run on ``--workers`` processes (default: every core; 1: in this process) or on the
+Dask cluster at ``--dask`` (:mod:`fire_reg.register.pool`), each worker with the model loaded
+once. This process is the only writer of the output folder: a worker returns a pair's files
+and this process commits them as one, as each pair finishes. Rows that share a fixed image
+prepare it once per worker (:meth:`fire_reg.register.registrar.Registrar.prepare_file`).
+The results are those of one process, pair for pair.
 
 The batch contract (README, "Batches and output folders"):
 
@@ -8,10 +17,12 @@ The batch contract (README, "Batches and output folders"):
 * ``OUT/<id>/`` holds a pair's result set, committed as one (``transform.json`` marks a
   complete set); a pair with status ``failed`` gets no ``warped.png``.
 * ``OUT/batch.json`` (per row: id, fixed, moving, outcome, status or error, reason; the counts
-  of ok / suspect / failed / error / not run; the settings and their fingerprint) and
-  ``OUT/failures.csv`` (id, outcome, reason of every failed or error row) are written when
-  the batch starts and when it ends, also after Ctrl-C or SIGTERM: the first signal lets the
-  current pair finish, a second drops it. The last line printed gives the same counts.
+  of ok / suspect / failed / error / not run; the settings and their fingerprint; the
+  workers) and ``OUT/failures.csv`` (id, outcome, reason of every failed or error row) are
+  written when the batch starts and when it ends, also after Ctrl-C or SIGTERM: the first
+  signal lets the pairs in progress finish (one per worker; the workers themselves ignore
+  both signals), a second drops them (the workers are killed). The last line printed gives
+  the same counts.
 * Exit status (:func:`exit_status`): 0 every pair ran and none failed, 2 some rows had an
   error, 3 some pairs have status ``failed`` (2 wins over 3); stopped by a signal: 128 + its
   number, after the records are written.
@@ -21,18 +32,22 @@ The batch contract (README, "Batches and output folders"):
 """
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import json
 import os
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fire_reg.cli.signals import Interrupted, deferred
 from fire_reg.io.errors import InputError
-from fire_reg.io.output import OutputError, write_json, write_text
+from fire_reg.io.output import OutputError, atomic_folder, write_json, write_text
 from fire_reg.io.runs import check_continues, describe, fingerprint
+from fire_reg.register.pool import PairPool, default_workers
 
 OUTCOMES = ("ok", "suspect", "failed", "error", "not run")
 RECORDS = ("batch.json", "failures.csv")
@@ -105,13 +120,39 @@ def exit_status(counts: dict) -> int:
     return 2 if counts["error"] else 3 if counts["failed"] else 0
 
 
+def series_pairs(fixed, movings) -> tuple[list[tuple[str, Path, Path]], list[InputError]]:
+    """(id, fixed, moving) rows of one reference image and many moving images (``register
+    FIXED MOVING1 MOVING2 ...``): each row's id is its moving image's file stem; a stem that
+    is no usable folder name (:func:`batch_pairs`) or comes twice is a bad row naming the
+    image."""
+    pairs, problems, seen = [], [], set()
+    for moving in map(Path, movings):
+        pair_id = moving.stem
+        problem = _id_problem(pair_id) or (f"another moving image has the file stem {pair_id!r} "
+                                           "(each one names its sub-folder)"
+                                           if pair_id in seen else None)
+        if problem:
+            problems.append(InputError(moving, problem))
+        else:
+            pairs.append((pair_id, Path(fixed), moving))
+        seen.add(pair_id)
+    return pairs, problems
+
+
 def register_batch(args, make_registrar) -> int:
-    """Register every usable row of ``args.batch`` into ``args.out`` under the batch contract
-    (module notes); returns the exit status, or raises Interrupted after a signal (the
-    records written) and OutputError when the output folder can take no more."""
+    """Register every usable row of ``args.batch`` (or of the series ``args.fixed`` against
+    each of ``args.moving``) into ``args.out`` under the batch contract (module notes), on
+    ``args.workers`` processes or the Dask cluster at ``args.dask``; returns the exit status,
+    or raises Interrupted after a signal (the records written) and OutputError when the
+    output folder can take no more."""
     from tqdm.auto import tqdm
 
-    pairs, problems = batch_pairs(args.batch)
+    if args.batch:
+        pairs, problems = batch_pairs(args.batch)
+        source, label = {"list": str(args.batch)}, str(args.batch)
+    else:
+        pairs, problems = series_pairs(args.fixed, args.moving)
+        source, label = {"fixed": str(args.fixed)}, str(args.fixed)
     out = Path(args.out)
     rows = [{"id": pair_id, "fixed": str(fixed), "moving": str(moving),
              "folder": str(out / pair_id), "outcome": "not run"}
@@ -121,7 +162,7 @@ def register_batch(args, make_registrar) -> int:
     with deferred() as stop:
         registrar = make_registrar(args) if pairs else None
         settings = {"method": describe(registrar)} if registrar else None
-        run = {"list": str(args.batch), "fingerprint": settings and fingerprint(settings),
+        run = {**source, "fingerprint": settings and fingerprint(settings),
                "settings": settings}
         if args.resume and settings:
             check_continues(out / "batch.json", "this batch", settings)
@@ -131,15 +172,26 @@ def register_batch(args, make_registrar) -> int:
         if args.resume:
             print(f"resuming: {len(pairs) - len(todo)} of {len(pairs)} pairs finished earlier, "
                   f"{len(todo)} to run")
-        _write_records(out, run, rows, seconds=0.0, ran=0, stopped_by=None, status=None)
-        start, full = time.perf_counter(), None
+        pool = _pool(args, registrar, run, todo)  # a Dask scheduler is reached before any file
         try:
-            with tqdm(todo, desc="register", unit="pair") as progress:
-                for row in progress:
-                    if stop.signum is not None:
-                        break
-                    row.update(_run_row(registrar, row, run["fingerprint"]))
-        except Interrupted:  # a second signal: the current pair is dropped
+            _write_records(out, run, rows, seconds=0.0, ran=0, stopped_by=None, status=None)
+        except BaseException:
+            pool.close()
+            raise
+        start, full = time.perf_counter(), None
+        sharing = collections.Counter(row["fixed"] for row in todo)
+        jobs = [(index, row["fixed"], row["moving"], row["folder"], sharing[row["fixed"]] > 1)
+                for index, row in enumerate(todo)]
+        try:
+            with pool, tqdm(total=len(jobs), desc="register", unit="pair") as progress:
+                for job, fields in pool.map(register_row, jobs, lost=_lost,
+                                            stop=lambda: stop.signum is not None):
+                    files = fields.pop("files", None)
+                    if files is not None:
+                        _commit(job[3], files)
+                    todo[job[0]].update(fields)
+                    progress.update()
+        except Interrupted:  # a second signal: the pairs in progress are dropped
             pass
         except OutputError as error:  # the output folder can take no more files
             full = error
@@ -152,11 +204,11 @@ def register_batch(args, make_registrar) -> int:
                   else 128 + stop.signum)
         _write_records(out, run, rows, seconds, ran, stopped_by, status)
         if status == 2 and full is None:
-            print(f"fire-reg: error: {args.batch}: {counts['error']} row(s) could not be "
+            print(f"fire-reg: error: {label}: {counts['error']} row(s) could not be "
                   "registered (bad input or an error inside the pair; reasons in "
                   f"{out / 'failures.csv'})", file=sys.stderr)
         elif status == 3:
-            print(f"fire-reg: {args.batch}: {counts['failed']} pair(s) have status failed (no "
+            print(f"fire-reg: {label}: {counts['failed']} pair(s) have status failed (no "
                   f"trustworthy transform; listed in {out / 'failures.csv'})", file=sys.stderr)
         print(_summary(counts, seconds, sum(bool(row.get("resumed")) for row in rows),
                        stopped_by, out))
@@ -165,6 +217,100 @@ def register_batch(args, make_registrar) -> int:
     if stop.signum is not None:
         raise Interrupted(stop.signum)
     return status
+
+
+def _pool(args, registrar, run: dict, todo: list) -> PairPool:
+    """The pool the rows run on: ``--dask``, else ``--workers`` processes (default: every
+    core; no more than there are rows; 1: this process). Records its size in ``run``."""
+    dask = getattr(args, "dask", None) if todo else None
+    workers = min(getattr(args, "workers", None) or default_workers(), max(1, len(todo)))
+    run["workers"] = f"dask {dask}" if dask else workers
+    in_process = dask is None and workers == 1
+    return PairPool(Registering(registrar, run["fingerprint"], writes=in_process), workers,
+                    dask)
+
+
+@dataclass
+class Registering:
+    """What registers a row, in this process or in a worker: the method, the run's settings
+    fingerprint, whether the pair's folder is written where the row runs (``writes``: in
+    this process) or its files are returned for this process to commit (a worker, which may
+    be on another machine), and the fixed images prepared so far (in each process; a fixed
+    image that several rows share is decoded, detected and mapped once there)."""
+
+    method: object
+    fingerprint: str | None
+    writes: bool
+    prepared: collections.OrderedDict = field(default_factory=collections.OrderedDict,
+                                              repr=False)
+
+    def fixed_image(self, path: str, shared: bool):
+        """The fixed image as the method takes it: prepared once when rows share it and the
+        method can prepare (a Registrar), else its path. The last 4 are kept."""
+        prepare = getattr(self.method, "prepare_file", None)
+        if not shared or prepare is None:
+            return path
+        if path not in self.prepared:
+            self.prepared[path] = prepare(path)
+            while len(self.prepared) > PREPARED_KEPT:
+                self.prepared.popitem(last=False)
+        self.prepared.move_to_end(path)
+        return self.prepared[path]
+
+
+PREPARED_KEPT = 4
+
+
+def register_row(job: Registering, item: tuple) -> dict:
+    """Register one row, ``item`` = (index, fixed, moving, folder, fixed shared), and write
+    its folder (``job.writes``) or return its files under ``"files"``; any exception but an
+    OutputError of the folder written here becomes the row's error."""
+    from fire_reg.register.result import write_files
+
+    _, fixed, moving, folder, shared = item
+    try:
+        result = job.method.register_files(job.fixed_image(fixed, shared), moving)
+        if job.writes:
+            write_files(folder, result, fixed, moving, fingerprint=job.fingerprint)
+            files = None
+        else:
+            files = _rendered(result, fixed, moving, job.fingerprint)
+    except InputError as error:
+        if isinstance(error, OutputError):
+            if job.writes:
+                raise
+            return {"outcome": "error", "error": "internal",
+                    "reason": f"a worker could not write its files: {error}"}
+        return {"outcome": "error", "error": "input", "reason": str(error)}
+    except Exception as error:  # isolated: an error inside one pair is that row's outcome
+        return {"outcome": "error", "error": "internal",
+                "reason": f"{type(error).__name__}: {error}"}
+    return {**_registered(vars(result)), **({} if files is None else {"files": files})}
+
+
+def _rendered(result, fixed, moving, run_fingerprint) -> dict[str, bytes]:
+    """A result set's files ({name: bytes}) as :func:`write_files` makes them, made in a
+    temporary folder of the worker."""
+    from fire_reg.register.result import write_files
+
+    with tempfile.TemporaryDirectory(prefix="fire-reg-pair-") as scratch:
+        folder = Path(scratch) / "pair"
+        write_files(folder, result, fixed, moving, fingerprint=run_fingerprint)
+        return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def _commit(folder: str, files: dict[str, bytes]) -> None:
+    """Write a worker's result set into ``folder``, committed as one (transform.json last)."""
+    from fire_reg.register.result import OUTPUTS
+
+    with atomic_folder(folder, owned=OUTPUTS, last="transform.json") as hidden:
+        for name, data in files.items():
+            (hidden / name).write_bytes(data)
+
+
+def _lost(item: tuple, error: Exception) -> dict:
+    """The row whose worker died: an internal error (``--resume`` runs it again)."""
+    return {"outcome": "error", "error": "internal", "reason": f"WorkerLost: {error}"}
 
 
 def _finished(row: dict, run_fingerprint: str) -> dict | None:
@@ -194,25 +340,6 @@ def _registered(record: dict) -> dict:
     return {"outcome": record["status"], "status": record["status"],
             "reason": record.get("reason"), "seconds": record.get("seconds"),
             "estimated_error_px": record.get("estimated_error_px")}
-
-
-def _run_row(registrar, row: dict, run_fingerprint: str) -> dict:
-    """Register one row and write its folder; any exception but OutputError becomes the
-    row's error."""
-    from fire_reg.register.result import write_files
-
-    try:
-        result = registrar.register_files(row["fixed"], row["moving"])
-        write_files(row["folder"], result, row["fixed"], row["moving"],
-                    fingerprint=run_fingerprint)
-    except OutputError:
-        raise
-    except InputError as error:
-        return {"outcome": "error", "error": "input", "reason": str(error)}
-    except Exception as error:  # isolated: an error inside one pair is that row's outcome
-        return {"outcome": "error", "error": "internal",
-                "reason": f"{type(error).__name__}: {error}"}
-    return _registered(vars(result))
 
 
 def _counts(rows: list[dict]) -> dict:

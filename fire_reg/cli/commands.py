@@ -18,7 +18,6 @@ from fire_reg.io.images import image_size
 from fire_reg.io.errors import InputError
 from fire_reg.io.output import exclusive_output
 from fire_reg.cli.signals import interruptible
-from fire_reg.register.pool import check_dask, default_workers
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -192,7 +191,10 @@ def _check_early(args) -> None:
         raise InputError("--workers", f"must be at least 1, got {workers}")
     if workers is not None and dask is not None:
         raise InputError("--workers", "not with --dask (the cluster's workers run the pairs)")
-    check_dask(dask)
+    if dask is not None:
+        from fire_reg.register.pool import check_dask
+
+        check_dask(dask)
     if getattr(args, "model", None) is not None and not getattr(args, "no_model", False):
         from fire_reg.learn.bundle import check_model_file
 
@@ -229,6 +231,7 @@ def cmd_evaluate(args) -> int:
     from fire_reg.evaluate import baselines
     from fire_reg.data import fire
     from fire_reg.evaluate.tester import Tester
+    from fire_reg.register.pool import default_workers
 
     problems = fire.verify_layout(args.fire)  # bad input fails before the model loads
     if len(problems) > 1:

@@ -239,6 +239,12 @@ class Baseline:
         """Register two image files; the transform is in their original pixels."""
         return register_files(self, fixed_path, moving_path)
 
+    def __reduce__(self):
+        """A built-in baseline is pickled by its name (worker processes look it up)."""
+        if METHODS.get(self.name) is self:
+            return baseline, (self.name,)
+        return super().__reduce__()
+
 
 METHODS = {baseline.name: baseline for baseline in (
     Baseline("sift", _keypoint_method(cv2.SIFT_create, cv2.NORM_L2, "affine")),

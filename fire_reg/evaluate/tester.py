@@ -48,6 +48,7 @@ from fire_reg.data.ground_truth import DENSE_STEP
 from fire_reg.data.sources import lookup
 from fire_reg.io.errors import InputError
 from fire_reg.io.images import read_image
+from fire_reg.register.pool import PairPool
 from fire_reg.register.result import register_files
 
 REFERENCE_PREFIX = "ground-truth "
@@ -106,6 +107,11 @@ def dense_fit(root, pair_id: str, model: str, aperture=None) -> transforms.Trans
     return transforms.fit_transform(model, nodes, exact, domain=nodes)
 
 
+def _score(tester: "Tester", pair_id: str) -> dict:
+    """One pair's entry, in this process or a worker (:class:`PairPool`)."""
+    return tester._score_pair(tester.dataset[pair_id])
+
+
 class Tester:
     """Runs every method on every pair of a FIRE-layout folder and writes the report.
 
@@ -114,10 +120,14 @@ class Tester:
     ``resume``: reuse the pair results an interrupted run with the same settings (the same
     fingerprint: methods, their settings and model weights, data set) left in
     ``out_dir/pairs``; InputError when ``out_dir/run.json`` records other settings.
+    ``workers``: pairs scored side by side in this many worker processes, each with the
+    methods (the model) loaded once (1: one after the other in this process); ``dask``: on
+    the Dask cluster whose scheduler is at this address instead
+    (:class:`fire_reg.register.pool.PairPool`). The results are the same either way.
     """
 
     def __init__(self, fire_root, out_dir, methods, overlays: int = 2, progress: bool = True,
-                 resume: bool = False):
+                 resume: bool = False, workers: int = 1, dask: str | None = None):
         self.dataset = FireDataset(fire_root)
         self.out_dir = Path(out_dir)
         self.methods = list(methods)
@@ -129,6 +139,7 @@ class Tester:
         self.overlays = overlays
         self.progress = progress
         self.resume = resume
+        self.workers, self.dask = workers, dask
         self.dense = dense_references(self.dataset)
         self._records = _embedded_records(self.dataset.root) if self.dense else {}
 
@@ -155,17 +166,19 @@ class Tester:
         run = {"fingerprint": fingerprint(settings), "settings": settings}
         if self.resume:
             check_continues(self.out_dir / RUN_RECORD, "this evaluation", settings)
-        write_json(self.out_dir / RUN_RECORD, run)
-        pairs = {}
-        for pair in tqdm(list(self.dataset), desc="evaluate", unit="pair",
-                         disable=not self.progress):
-            previous = self._previous(pair.id, run["fingerprint"])
-            if previous is None:
-                pairs[pair.id] = self._score_pair(pair)
-                write_json(self.out_dir / "pairs" / f"{pair.id}.json",
-                           {**pairs[pair.id], "fingerprint": run["fingerprint"]})
-            else:
-                pairs[pair.id] = previous
+        done = {pair.id: self._previous(pair.id, run["fingerprint"]) for pair in self.dataset}
+        todo = [pair_id for pair_id, entry in done.items() if entry is None]
+        workers = max(1, min(self.workers, len(todo)))
+        with PairPool(self, workers, self.dask if todo else None) as pool:
+            write_json(self.out_dir / RUN_RECORD, run)
+            with tqdm(total=len(done), initial=len(done) - len(todo), desc="evaluate",
+                      unit="pair", disable=not self.progress) as progress:
+                for pair_id, entry in pool.map(_score, todo):  # as each pair finishes
+                    done[pair_id] = entry
+                    write_json(self.out_dir / "pairs" / f"{pair_id}.json",
+                               {**entry, "fingerprint": run["fingerprint"]})
+                    progress.update()
+        pairs = done  # in the data set's order, however the pairs finished
         results = {**self._results(pairs), "fingerprint": run["fingerprint"]}
         self._plots(pairs)
         write_json(self.out_dir / "results.json", results)

@@ -55,6 +55,8 @@ RIDGE = 0.05
 MAX_STRETCH = 0.1
 """Bound on the spectral norm of the field's Jacobian (px per px)."""
 INVERSE_SMOOTHING = 1e-4
+"""Smoothing of the grid of the stored inverse (fitted to an exact map: as little as keeps it
+well posed)."""
 _CHUNK = 1 << 17  # points per block when evaluating the grid
 
 
@@ -82,13 +84,14 @@ class Grid:
             raise ValueError("a grid holds finite numbers only")
 
     @classmethod
-    def over(cls, low, high, knots: int = KNOTS) -> "Grid":
-        """A zero grid of ``knots`` x ``knots`` whose span [1, knots - 2] covers the box
-        ``low`` .. ``high`` (px, (x, y))."""
+    def over(cls, low, high, count: int = KNOTS) -> "Grid":
+        """A zero grid of ``count`` x ``count`` knots whose span [1, count - 2] covers the
+        box ``low`` .. ``high`` (px, (x, y))."""
         low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
-        scale = (knots - 3) / np.maximum(high - low, 1e-6)
-        matrix = [[scale[0], 0.0, 1.0 - scale[0] * low[0]], [0.0, scale[1], 1.0 - scale[1] * low[1]]]
-        return cls(np.zeros((2, knots, knots)), matrix)
+        scale = (count - 3) / np.maximum(high - low, 1e-6)
+        matrix = [[scale[0], 0.0, 1.0 - scale[0] * low[0]],
+                  [0.0, scale[1], 1.0 - scale[1] * low[1]]]
+        return cls(np.zeros((2, count, count)), matrix)
 
     def _stencil(self, points):
         """Per point: the first knot index (ix, iy) of its 4x4 stencil and the weights and
@@ -116,8 +119,8 @@ class Grid:
     def solved(self, normal, rhs, weight_sum: float, smoothing: float = SMOOTHING,
                ridge: float = RIDGE) -> "Grid":
         """This grid's knots with the coefficients minimising the data term (``normal`` and
-        ``rhs`` from :class:`Design`, ``weight_sum`` its total weight) plus ``smoothing x`` (mean weight per knot) ``x`` (bending
-        energy + ``ridge`` x squared coefficients)."""
+        ``rhs`` from :class:`Design`, ``weight_sum`` its total weight) plus ``smoothing x``
+        (mean weight per knot) ``x`` (bending energy + ``ridge`` x squared coefficients)."""
         _, ny, nx = self.grid.shape
         scale = max(weight_sum / (nx * ny), 1e-12)
         penalty = smoothing * scale * (_bending(ny, nx) + ridge * np.eye(nx * ny))
@@ -155,7 +158,7 @@ class Grid:
             points[:, index] = np.arange(count)
             (first, weights, _) = self._stencil(points)[index]
             matrix = np.zeros((count, self.grid.shape[2 - index]))
-            np.add.at(matrix, (np.arange(count)[:, None], first[:, None] + np.arange(4)), weights)
+            matrix[np.arange(count)[:, None], first[:, None] + np.arange(4)] = weights
             axes.append(matrix)
         return tuple(axes[1] @ component @ axes[0].T for component in self.grid)
 
@@ -314,10 +317,15 @@ def _span(extent, points, knots: int) -> Grid:
     return Grid.over(np.zeros(2), np.asarray(extent, np.float64) - 1.0, knots)
 
 
-def _fitted_inverse(base: Transform, field: Grid, domain) -> tuple[np.ndarray, Grid]:
+def _fitted_inverse(base: Transform, field: Grid, domain=None) -> tuple[np.ndarray, Grid]:
     """(2x6 quadratic, grid over moving px) fitted to the inverse of ``base + field`` over
-    ``domain`` ((N, 2) fixed px): the schema's ``moving_to_fixed``."""
-    domain = _points(domain)
+    ``domain`` ((N, 2) fixed px; with fewer than 20 points, a 20 x 20 grid over the span of
+    ``field``'s knots): the schema's ``moving_to_fixed``."""
+    domain = np.zeros((0, 2)) if domain is None else _points(domain)
+    if len(domain) < 20:
+        _, ny, nx = field.grid.shape
+        corners = geometry.apply(geometry.invert(field.knots), [[1.0, 1.0], [nx - 2.0, ny - 2.0]])
+        domain = _default_domain(corners)
     forward = base.fixed_to_moving(domain) + field.values(domain)
     coefficients = registry.model_class(BASE_MODEL).fit(forward, domain).arrays()[0]
     start = registry.model_class(BASE_MODEL).from_arrays(coefficients, coefficients)
@@ -355,13 +363,11 @@ class Local(Transform):
     def __init__(self, base: Transform, field: Grid, inverse=None, domain=None):
         """``base``: the quadratic; ``field``: D over fixed px; ``inverse``: the stored inverse,
         (2x6 coefficients, Grid over moving px), or None: fitted over ``domain`` ((N, 2) fixed
-        px where the map is used) when first needed (a fit that only measures residuals never
-        pays for it)."""
+        px where the map is used; None: the span of ``field``) when first needed (a fit that
+        only measures residuals never pays for it)."""
         self.base = base
         self.field = field
-        if inverse is None and domain is None:
-            raise ValueError("a local transform needs its inverse or the domain to fit it over")
-        self._domain = None if domain is None else _points(domain)
+        self._domain = domain
         self._inverse = None if inverse is None else self._stored(*inverse)
 
     @staticmethod
@@ -469,10 +475,6 @@ class Local(Transform):
     def stretch_bound(self) -> float:
         """Bound of the spectral norm of the local part's Jacobian (:meth:`Grid.stretch_bound`)."""
         return self.field.stretch_bound()
-
-    def correction(self, points) -> np.ndarray:
-        """(N,) length (px of the moving image) of the local part at (N, 2) fixed points."""
-        return np.linalg.norm(self.field.values(points), axis=1)
 
     # ------------------------------------------------------------------ schema
     def arrays(self):

@@ -12,3 +12,6 @@ class InputError(Exception):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):  # pickled whole, so that it crosses to and from worker processes
+        return type(self), (self.path, self.problem)

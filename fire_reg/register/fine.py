@@ -12,6 +12,9 @@
   no fold-over and no large bend; otherwise the stage falls back to the next simpler
   registered model (homography, then affine) and says why. The residuals of held-out matches
   (k-fold) estimate the error of the result.
+:func:`local_stage` (``model="local"``): on top of the quadratic, a regularised B-spline
+  correction (:mod:`fire_reg.geometry.local`) fitted to the last pass's vessel-tile matches,
+  kept only when it lowers the held-out residual; otherwise the quadratic, and the reason.
 """
 from __future__ import annotations
 
@@ -43,13 +46,13 @@ class FineOptions(Config):
     ``folds``: k of the k-fold
     residuals behind the error estimate.
 
-    The local stage (``model="local"``, :func:`local_stage`): ``local_radius``: search radius
-    of its fresh matches around the quadratic; ``local_min_score`` / ``local_min_content``:
-    its stricter tile criteria (vessel tiles only); ``local_smoothing``: the smoothings tried
+    The local stage (``model="local"``, :func:`local_stage`): ``local_min_score``: lowest
+    correlation of the last pass's matches it uses; ``local_smoothing``: the smoothings tried
     (:mod:`fire_reg.geometry.local`), the one with the lowest held-out residual kept;
     ``local_gain``: share by which the local model must lower the quadratic's held-out
     residual to be kept; ``local_block``: side of the square blocks the matches are split
-    into for the held-out residuals (blocks, not single tiles: neighbouring tiles overlap).
+    into for the held-out residuals (blocks, not single tiles: neighbouring tiles overlap);
+    ``local_knots``: knots per side of the grid.
     """
 
     reference_width: int = 512
@@ -64,11 +67,9 @@ class FineOptions(Config):
     min_spread: float = 0.25
     max_bend: float = 0.05
     folds: int = 4
-    local_radius: int | None = 3
     local_min_score: float = 0.5
-    local_min_content: float = 0.04
     local_smoothing: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1)
-    local_gain: float = 0.05
+    local_gain: float = 0.15
     local_block: int = 48
     local_knots: int = 8
 
@@ -91,9 +92,7 @@ class FineOptions(Config):
         self._number("min_spread", low=0, high=1)
         self._number("max_bend", above=0)
         self._integer("folds", low=2)
-        self._integer("local_radius", low=1, optional=True)
         self._number("local_min_score", low=-1, high=1)
-        self._number("local_min_content", low=0)
         smoothing = self.local_smoothing
         if (not isinstance(smoothing, (list, tuple)) or not smoothing
                 or any(isinstance(v, bool) or not isinstance(v, (int, float))
@@ -337,25 +336,26 @@ def local_stage(maps: VesselMaps, outcome: FineOutcome, model: str = "local",
     :mod:`fire_reg.geometry.local`) on top of the cascade's ``outcome`` (map px), or that
     outcome with the reason it stays, said in its ``reason``.
 
-    The evidence is fresh matches around the base on vessel tiles only (``local_min_content``,
-    ``local_min_score``: a lesion that grew or faded is no vessel and moves nothing), trimmed
+    The evidence is every match of the cascade's last pass (``outcome.candidates``: tiles with
+    vessel content only, ``min_content``; those scoring at least ``local_min_score``), not
+    only the base's inliers, for those trimmed away where the retina moved are what the grid
+    must follow; a lesion that grew or faded is no vessel and moves nothing. They are trimmed
     against a local fit at the strongest smoothing as :func:`fit_trimmed` trims. Each of
     ``local_smoothing`` is scored by the held-out residual of the matches, split into folds of
-    ``local_block`` px blocks (:meth:`~fire_reg.geometry.local.Local.heldout`); the best one is
-    kept when it lowers the base model's held-out residual (same matches, same folds) by
-    ``local_gain`` and the map passes :meth:`Transform.plausibility`; otherwise the base stays.
+    ``local_block`` px blocks (:meth:`~fire_reg.geometry.local.Evidence.heldout`); the best
+    one is kept when it lowers the base model's held-out residual (same matches, same folds)
+    by ``local_gain`` and the map passes :meth:`Transform.plausibility` (the grid's stretch is
+    bounded by construction, :data:`~fire_reg.geometry.local.MAX_STRETCH`); otherwise the base
+    stays, and the reason says why.
     """
     cls = transforms.model_class(model)
     if outcome.model != cls.base_model:
         return _staying(outcome, f"no {model} correction: it needs a {cls.base_model} first")
+    if outcome.candidates is None:
+        return _staying(outcome, f"no {model} correction: no tile matches")
     base = outcome.transform
     unit = maps.width / options.reference_width
-    vessels = replace(options, min_score=options.local_min_score,
-                      min_content=options.local_min_content)
-    if options.local_radius is None:
-        matches = outcome.candidates.subset(outcome.candidates.score >= options.local_min_score)
-    else:
-        matches = match_tiles(maps, base, options.local_radius, vessels)
+    matches = outcome.candidates.subset(outcome.candidates.score >= options.local_min_score)
     needed = options.min_inliers.get(model, cls.min_inliers)
     evidence = cls.evidence(matches.fixed, matches.moving, matches.score, maps.fixed_size,
                             options.local_knots)

@@ -1,9 +1,12 @@
-"""The vessel maps of a pair at one working width, and the small thread pool of the fine stage.
+"""The vessel maps of a pair at one working width, images prepared once, and the small thread
+pool of the fine stage.
 
 :class:`VesselMaps` holds both maps, their fields of view and scales, warps the moving map
 through a transform (cached), and measures alignment; every transform here goes **fixed px ->
 moving px** in map pixels (:mod:`fire_reg.geometry`); similarity measures come from
-:mod:`fire_reg.imaging.similarity`.
+:mod:`fire_reg.imaging.similarity`. :class:`ImageMap` is one image's map;
+:class:`PreparedImage` is an image with its modality and maps made once
+(:meth:`fire_reg.register.registrar.Registrar.prepare`), reused by every pair it is part of.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,6 +36,70 @@ def _pool() -> ThreadPoolExecutor:
 os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
+@dataclass(frozen=True, eq=False)
+class ImageMap:
+    """One image's vessel map (float32 in [0, 1]), field of view (bool) and scale (sx, sy):
+    map px per px of the image it was made from (:func:`fire_reg.imaging.vessels.vessel_map`)."""
+
+    map: np.ndarray
+    fov: np.ndarray
+    scale: tuple[float, float]
+
+    @classmethod
+    def of(cls, image, settings: vessels.VesselMapSettings, mask=None,
+           polarity: str = "dark") -> "ImageMap":
+        """The map of a BGR (or gray) image made with ``settings`` (``work_width`` px wide)."""
+        return cls(*vessels.vessel_map(image, mask, settings=settings, polarity=polarity))
+
+
+@dataclass(eq=False)
+class PreparedImage:
+    """An image made ready once for many registrations (a baseline photograph and its
+    follow-ups): its pixels, field-of-view mask, modality and vessel maps.
+
+    ``image``: the BGR (or gray) pixels registered (for an image read from a file: decoded at
+    the registrar's width); ``mask``: its field of view (bool, or None: found from the image);
+    ``modality``: given to :meth:`~fire_reg.register.registrar.Registrar.prepare`
+    (``modality_given``) or detected; ``size``: (W, H) px of the original image (the file's);
+    ``decode_scale``: (sx, sy) px of ``image`` per original px ((1, 1) unless decoded
+    smaller); ``path``: the file it was read from, or None. Its maps are made on first use
+    for each (settings, polarity) and kept (:meth:`image_map`); :attr:`map`, :attr:`fov` and
+    :attr:`scale` are those of the registrar that prepared it.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray | None
+    modality: str
+    modality_given: bool
+    settings: vessels.VesselMapSettings
+    polarity: str
+    size: tuple[int, int]
+    decode_scale: tuple[float, float] = (1.0, 1.0)
+    path: str | None = None
+    _maps: dict = field(default_factory=dict, repr=False)
+
+    def image_map(self, settings: vessels.VesselMapSettings | None = None,
+                  polarity: str | None = None) -> ImageMap:
+        """The image's map made with ``settings`` and ``polarity`` (default: the prepared
+        ones), made once and kept."""
+        key = (settings or self.settings, polarity or self.polarity)
+        if key not in self._maps:
+            self._maps[key] = ImageMap.of(self.image, key[0], self.mask, key[1])
+        return self._maps[key]
+
+    @property
+    def map(self) -> np.ndarray:
+        return self.image_map().map
+
+    @property
+    def fov(self) -> np.ndarray:
+        return self.image_map().fov
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        return self.image_map().scale
+
+
 @dataclass
 class VesselMaps:
     """Vessel maps (float32 in [0, 1]) and fields of view (bool) of a pair at one working
@@ -50,13 +117,29 @@ class VesselMaps:
     def of(cls, fixed, moving, settings: vessels.VesselMapSettings, fixed_mask=None,
            moving_mask=None, polarities=("dark", "dark")) -> "VesselMaps":
         """Vessel maps of two BGR (or gray) images made with ``settings`` (its
-        ``work_width`` px wide); ``polarities``: (fixed, moving) "dark" or "bright" vessels
-        (:func:`fire_reg.imaging.vessels.vessel_map`), so that both maps show vessels alike."""
-        (fixed_map, fixed_fov, fixed_scale), (moving_map, moving_fov, moving_scale) = _pool().map(
-            lambda job: vessels.vessel_map(job[0], job[1], settings=settings, polarity=job[2]),
-            [(fixed, fixed_mask, polarities[0]), (moving, moving_mask, polarities[1])])
-        return cls(fixed_map, fixed_fov, moving_map, moving_fov, fixed_scale, moving_scale,
-                   settings.work_width)
+        ``work_width`` px wide), side by side on the thread pool; ``polarities``: (fixed,
+        moving) "dark" or "bright" vessels (:func:`fire_reg.imaging.vessels.vessel_map`), so
+        that both maps show vessels alike. Either image may be a :class:`PreparedImage`
+        (its mask is its own): its map is made once and reused."""
+
+        def image_map(job) -> ImageMap:
+            image, mask, polarity = job
+            if isinstance(image, PreparedImage):
+                return image.image_map(settings, polarity)
+            return ImageMap.of(image, settings, mask, polarity)
+
+        jobs = [(fixed, fixed_mask, polarities[0]), (moving, moving_mask, polarities[1])]
+        if any(isinstance(job[0], PreparedImage) for job in jobs):
+            fixed_map, moving_map = map(image_map, jobs)  # one map to make at most
+        else:
+            fixed_map, moving_map = _pool().map(image_map, jobs)
+        return cls.of_maps(fixed_map, moving_map, settings.work_width)
+
+    @classmethod
+    def of_maps(cls, fixed: ImageMap, moving: ImageMap, width: int) -> "VesselMaps":
+        """The pair of two images' maps made at ``width`` px."""
+        return cls(fixed.map, fixed.fov, moving.map, moving.fov, fixed.scale, moving.scale,
+                   width)
 
     @property
     def arrays(self):

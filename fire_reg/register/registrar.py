@@ -14,7 +14,7 @@ Steps, for images of any size and aspect:
    are wider than 1.5x the working width, once more on vessel maps at that width; each step is
    kept only when it raises the vessel-map similarity.
 4. **Fine stage** (:func:`fire_reg.register.fine.fine_stage`): local tile matches on the working maps
-   and a robust fit of the requested ``transform`` model (quadratic by default: the curved
+   and a robust fit of the requested ``transform`` model (local by default: the curved
    retina), falling back to a homography, then an affine, when the evidence is too thin.
 5. **Trust** (:mod:`fire_reg.register.trust`): the estimated error from held-out tile matches, the
    overlap and plausibility checks of the transform give ``status`` and ``reason``.
@@ -25,6 +25,8 @@ The returned transform is in the pixels of the images given (original pixels thr
 from __future__ import annotations
 
 import dataclasses
+import json
+import pickle
 import time
 from dataclasses import dataclass, field
 
@@ -36,7 +38,8 @@ from fire_reg.imaging import modality as modalities
 from fire_reg.register.ecc import EccOptions, ecc_on_maps
 from fire_reg.register.fine import FineOptions, fine_stage
 from fire_reg.register.trust import TrustOptions
-from fire_reg.register.maps import VesselMaps
+from fire_reg.io.images import image_size, read_for_width
+from fire_reg.register.maps import PreparedImage, VesselMaps
 from fire_reg.geometry import transforms
 from fire_reg.register import trust
 from fire_reg.register.result import Registration, register_files
@@ -49,6 +52,11 @@ search radius (same accuracy on the benchmark sets, half the time)."""
 POLISH_MIN_RATIO = 1.5
 """The ECC polish at ``refine_width`` runs only when it is this many times the working width
 (a finer map adds too little below that)."""
+
+
+def _pixels(image) -> np.ndarray:
+    """The pixels of an image or of a :class:`PreparedImage`."""
+    return image.image if isinstance(image, PreparedImage) else image
 
 
 def _transform_choices() -> tuple[str, ...]:
@@ -76,9 +84,11 @@ class RegistrarConfig(Config):
         None, help="also polish with ECC at this width in px (>= 64, e.g. 1024): more accurate "
                    "on large images, about 4x slower (default: off)")
     transform: str = setting(
-        "quadratic", choices=_transform_choices,
-        help="richest model of the fine stage (quadratic: the curved retina; it falls back to "
-             "simpler models on thin evidence); none: network + ECC affine only")
+        "local", choices=_transform_choices,
+        help="richest model of the fine stage (local: the curved retina's quadratic plus a "
+             "regularised local correction where it lowers the held-out residual; quadratic; "
+             "each falls back to simpler models on thin evidence); none: network + ECC affine "
+             "only")
     modality: str | None = setting(
         None, help="modalities of the images (colour, red-free, fa, ir, icg, af): one for both, "
                    "or fixed=M,moving=M (default: detected per image)")
@@ -164,17 +174,49 @@ class Registrar:
         """Image files are decoded at no less than this width (px)."""
         return max(self.work_width, self.config.refine_width or 0)
 
-    def register(self, fixed: np.ndarray, moving: np.ndarray, fixed_mask=None,
-                 moving_mask=None, modalities_given=(None, None)) -> Registration:
-        """Register two BGR (or gray) images; the transform is in these images' pixels.
+    def prepare(self, image: np.ndarray, mask=None, modality: str | None = None
+                ) -> PreparedImage:
+        """``image`` (BGR or gray) made ready once for many registrations, as the fixed or
+        the moving image of :meth:`register`: its modality (``modality``, checked, else
+        detected) and its vessel map at this registrar's working width. A pair with a
+        prepared image gives the same result as with the image itself (``mask`` and
+        ``modality`` given to ``register`` alike); its ``seconds`` leave the preparation out.
+        ValueError for an unknown modality."""
+        image = np.asarray(image)
+        return self._prepared(image, mask, modality, (image.shape[1], image.shape[0]))
 
-        The images' modalities are ``modalities_given`` (fixed, moving), else the config's
-        ``modality``, else detected (:func:`fire_reg.imaging.modality.detect`); each image's
+    def prepare_file(self, path, modality: str | None = None) -> PreparedImage:
+        """An image file decoded as :meth:`register_files` decodes it (at no less than
+        :attr:`decode_width`) and prepared (:meth:`prepare`); :meth:`register_files` takes it
+        in place of the file's path. InputError for an unreadable image."""
+        size = image_size(path)
+        pixels, scale = read_for_width(path, self.decode_width)
+        return self._prepared(pixels, None, modality, tuple(size), tuple(scale), str(path))
+
+    def _prepared(self, image, mask, modality, size, decode_scale=(1.0, 1.0), path=None):
+        name = (modalities.check(modality) if modality is not None
+                else modalities.detect(image, mask).modality)
+        prepared = PreparedImage(image, mask, name, modality is not None, self.preprocessing,
+                                 modalities.polarity(name), size, decode_scale, path)
+        prepared.image_map()  # made now, once
+        return prepared
+
+    def register(self, fixed, moving, fixed_mask=None, moving_mask=None,
+                 modalities_given=(None, None)) -> Registration:
+        """Register two BGR (or gray) images, or images :meth:`prepare` made ready; the
+        transform is in these images' pixels. A prepared image brings its own mask.
+
+        The images' modalities are ``modalities_given`` (fixed, moving), else the one given
+        to :meth:`prepare`, else the config's ``modality``, else detected
+        (:func:`fire_reg.imaging.modality.detect`; a prepared image's once); each image's
         vessel map takes its modality's polarity, so that an angiogram's bright vessels meet
         a photograph's dark ones."""
         start = time.perf_counter()
-        pair_modalities = self._modalities(fixed, moving, fixed_mask, moving_mask,
-                                           modalities_given)
+        sides = (fixed, moving)
+        if any(isinstance(side, PreparedImage) and mask is not None
+               for side, mask in zip(sides, (fixed_mask, moving_mask))):
+            raise ValueError("a prepared image brings its own mask: give it to prepare()")
+        pair_modalities = self._modalities(sides, (fixed_mask, moving_mask), modalities_given)
         polarities = tuple(modalities.polarity(name) for name in pair_modalities)
         maps = VesselMaps.of(fixed, moving, self.preprocessing, fixed_mask, moving_mask,
                              polarities)
@@ -182,7 +224,7 @@ class Registrar:
         stages = {"network": maps.to_full(estimate)}
         reason = "network"
         if self.config.refine == "ecc":
-            estimate, similarity, reason = self._ecc_steps(fixed, moving, fixed_mask, moving_mask,
+            estimate, similarity, reason = self._ecc_steps(sides, (fixed_mask, moving_mask),
                                                            maps, estimate, similarity, stages,
                                                            polarities)
         if self.config.transform != "none":
@@ -191,7 +233,7 @@ class Registrar:
             stages[f"fine_{fine.model}"] = maps.to_full(estimate)
             reason = f"{reason}, then {fine.reason}"
             similarity = maps.similarity(estimate)
-        fixed_size, moving_size = (fixed.shape[1], fixed.shape[0]), (moving.shape[1], moving.shape[0])
+        fixed_size, moving_size = (_pixels(side).shape[1::-1] for side in sides)
         verdict = trust.judge(maps, estimate, fixed_size, self.config.trust)
         if pair_modalities != ("colour", "colour"):
             reason = " -> ".join(pair_modalities[::-1]) + f": {reason}"
@@ -202,24 +244,31 @@ class Registrar:
                             checks=verdict.checks, stages=stages,
                             modalities=dict(zip(("fixed", "moving"), pair_modalities)))
 
-    def _modalities(self, fixed, moving, fixed_mask, moving_mask, given) -> tuple[str, str]:
-        """(fixed, moving) modalities: given, else configured, else detected."""
+    def _modalities(self, sides, masks, given) -> tuple[str, str]:
+        """(fixed, moving) modalities: given here, else given to prepare, else configured,
+        else detected (a prepared image's when it was prepared)."""
         configured = self.config.given_modalities()
-        return tuple(given[i] or configured[i] or modalities.detect(image, mask).modality
-                     for i, (image, mask) in enumerate(((fixed, fixed_mask),
-                                                        (moving, moving_mask))))
+        names = []
+        for side, mask, here, config in zip(sides, masks, given, configured):
+            if isinstance(side, PreparedImage):
+                names.append(here or (side.modality_given and side.modality) or config
+                             or side.modality)
+            else:
+                names.append(here or config or modalities.detect(side, mask).modality)
+        return tuple(names)
 
-    def _ecc_steps(self, fixed, moving, fixed_mask, moving_mask, maps, estimate, similarity,
-                   stages, polarities):
-        """ECC on the working maps, then optionally on finer maps; each step kept only when it
-        raises that width's similarity. Returns (estimate, similarity, reason) in working px."""
+    def _ecc_steps(self, sides, masks, maps, estimate, similarity, stages, polarities):
+        """ECC on the working maps, then optionally on finer maps of ``sides`` (the images or
+        prepared images, with ``masks``); each step kept only when it raises that width's
+        similarity. Returns (estimate, similarity, reason) in working px."""
         reason = "network"
         steps = [(maps, self.config.ecc_options)]
-        fine_width = min(self.config.refine_width or 0, fixed.shape[1], moving.shape[1])
+        fine_width = min(self.config.refine_width or 0,
+                         *(_pixels(side).shape[1] for side in sides))
         if fine_width >= POLISH_MIN_RATIO * self.work_width:
             finer = dataclasses.replace(self.preprocessing, work_width=fine_width)
-            steps.append((VesselMaps.of(fixed, moving, finer, fixed_mask, moving_mask,
-                                        polarities), self.config.polish))
+            steps.append((VesselMaps.of(*sides, finer, *masks, polarities),
+                          self.config.polish))
         full = maps.to_full(estimate)
         for step_maps, options in steps:
             current = step_maps.to_maps(full)
@@ -281,6 +330,21 @@ class Registrar:
         return np.asarray(outputs["matrix"][0], np.float64), np.asarray(outputs["matches"][0])
 
     def register_files(self, fixed_path, moving_path) -> Registration:
-        """Register two image files; the transform is in the files' original pixels
+        """Register two image files (either may be one :meth:`prepare_file` made ready); the
+        transform is in the files' original pixels
         (:func:`fire_reg.register.result.register_files`)."""
         return register_files(self, fixed_path, moving_path)
+
+    def __getstate__(self) -> dict:
+        """What a pickle holds (a worker process gets the registrar this way): the config,
+        the model pickled by Keras (a ``.keras`` archive in bytes) and its settings as plain
+        JSON."""
+        return {"config": self.config, "model": pickle.dumps(self.model),
+                "settings": json.loads(json.dumps(self.settings.to_dict()))}
+
+    def __setstate__(self, state: dict) -> None:
+        import fire_reg.learn.network  # noqa: F401  (registers fire-reg's layers with Keras)
+        from fire_reg.learn.settings import ModelSettings
+
+        model = pickle.loads(state["model"])
+        self.__init__((model, ModelSettings.from_dict(state["settings"])), state["config"])

@@ -32,6 +32,7 @@ from fire_reg.data.fire import FIRE_WIDTH
 from fire_reg.io.errors import InputError
 from fire_reg.io.output import atomic_folder, write_json
 from fire_reg.register import exports
+from fire_reg.register.maps import PreparedImage
 
 STATUSES = ("ok", "suspect", "failed")
 CONVENTION = ("x right, y down, (0, 0) = centre of the top-left pixel; fixed px -> moving px; "
@@ -174,15 +175,22 @@ def failed(reason: str, fixed_size, moving_size) -> Registration:
 def register_files(method, fixed_path, moving_path) -> Registration:
     """Decode two image files (at reduced size where ``method.decode_width`` allows: JPEG 1/2,
     1/4, 1/8), register them with ``method`` and return the result in the files' original
-    pixels. Raises InputError for an unreadable image."""
-    fixed_size = image_size(fixed_path)
-    moving_size = image_size(moving_path)
-    width = method.decode_width
-    fixed, fixed_scale = read_for_width(fixed_path, width)
-    moving, moving_scale = read_for_width(moving_path, width)
-    result = method.register(fixed, moving)
-    return result.rescaled(1 / np.asarray(fixed_scale), 1 / np.asarray(moving_scale),
-                           fixed_size, moving_size)
+    pixels. Either file may instead be a :class:`~fire_reg.register.maps.PreparedImage` the
+    method made from it (a Registrar's ``prepare_file``: decoded and mapped once for many
+    pairs). Raises InputError for an unreadable image."""
+    sizes = [side.size if isinstance(side, PreparedImage) else image_size(side)
+             for side in (fixed_path, moving_path)]  # both headers checked before decoding
+    images, scales = [], []
+    for side in (fixed_path, moving_path):
+        if isinstance(side, PreparedImage):
+            images.append(side)
+            scales.append(side.decode_scale)
+        else:
+            pixels, scale = read_for_width(side, method.decode_width)
+            images.append(pixels)
+            scales.append(scale)
+    result = method.register(*images)
+    return result.rescaled(1 / np.asarray(scales[0]), 1 / np.asarray(scales[1]), *sizes)
 
 
 OUTPUTS = ("transform.json", exports.TFM_NAME, exports.FIELD_NAME, "warped.png", "overlay.png")

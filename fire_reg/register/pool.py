@@ -1,0 +1,302 @@
+"""Pairs on every core, or on a Dask cluster: one per-pair function mapped over workers.
+
+:class:`PairPool` runs ``function(state, item)`` for each of a stream of items and yields
+``(item, result)`` as each finishes (in finishing order), in one of three ways:
+
+* ``workers=1`` (and no ``dask``): in this process, one item after the other, ``state`` as
+  given; an exception of ``function`` is raised here, as a plain loop would.
+* ``workers=N``: N worker processes (:class:`concurrent.futures.ProcessPoolExecutor`, started
+  with ``spawn``: TensorFlow and JAX do not survive ``fork``). ``state`` (a registration
+  method with its model, a Tester) is pickled once here and unpickled once by each worker as
+  it starts (the process initializer), so every worker loads the model once. Each worker runs
+  ``max(1, cores // N)`` threads in OpenCV and the numerical libraries (unless the
+  environment says otherwise), ignores SIGINT and SIGTERM (this process decides what a signal
+  stops), makes its temporary files in a folder this process removes when the pool closes,
+  and exits when this process is gone.
+* ``dask="tcp://host:8786"``: the workers of a Dask ``distributed`` cluster (the optional
+  extra ``fire-reg[dask]``). ``state`` is sent to every worker once
+  (``Client.scatter(..., broadcast=True)``) and unpickled once per worker process; the items
+  are ``Client.submit`` tasks whose results stream back here. Start the workers with one
+  thread each (``dask worker ADDRESS --nthreads 1``): a worker's pairs then run one at a time,
+  as in a worker process here.
+
+One item per worker (per thread of the cluster) is in flight. ``stop()`` is asked before
+each new item is sent: once it is true, no item starts, and those in flight are waited for
+and yielded. An exception that ends the iteration early (a second Ctrl-C: ``Interrupted``)
+drops the items in flight: :meth:`PairPool.close` kills the worker processes (Dask: cancels
+the tasks). A worker that dies while it holds an item (killed, out of memory) raises
+:class:`WorkerLost` for that item, or gives ``lost(item, error)`` when ``lost`` is given;
+the pool starts new workers for the rest.
+"""
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import pickle
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from concurrent import futures
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable, Iterable, Iterator
+
+from fire_reg.io.errors import InputError
+
+DASK_EXTRA = "pip install 'fire-reg[dask]'"
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+"""Thread counts a worker sets (when unset) before the numerical libraries start."""
+POLL_SECONDS = 0.5
+"""Longest wait between two looks at ``stop()`` while items are in flight."""
+CONNECT_SECONDS = 10
+"""How long a Dask scheduler is tried before ``--dask`` gives up."""
+
+
+def default_workers() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_dask(address: str | None) -> None:
+    """InputError (``--dask``, one line naming the extra to install) when ``address`` is
+    given but Dask's ``distributed`` is not installed; milliseconds, nothing imported."""
+    import importlib.util
+
+    if address is not None and importlib.util.find_spec("distributed") is None:
+        raise InputError("--dask", f"needs Dask's distributed package: {DASK_EXTRA}")
+
+
+class WorkerLost(RuntimeError):
+    """A worker died while it held an item (killed, out of memory, crashed)."""
+
+
+class WorkerStartError(RuntimeError):
+    """A worker process could not unpickle the pool's state (raised for each of its items)."""
+
+
+class PairPool:
+    """Maps a per-item function over ``workers`` processes or a Dask cluster (module notes).
+
+    Use it as a context manager; the workers start with the first item. ``dask``: the
+    scheduler's address (``workers`` is then the cluster's business). InputError when the
+    ``distributed`` package is missing or the scheduler cannot be reached.
+    """
+
+    def __init__(self, state, workers: int = 1, dask: str | None = None):
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.state, self.workers, self.dask = state, workers, dask
+        self._backend = _Cluster(state, dask) if dask is not None else None
+        self._closed = False
+
+    @property
+    def in_process(self) -> bool:
+        return self.dask is None and self.workers == 1
+
+    def __enter__(self) -> "PairPool":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.close(drop=kind is not None)
+
+    def close(self, drop: bool = False) -> None:
+        """Stop the workers; ``drop``: kill them (cancel the tasks) at once, for an exception
+        left items in flight. The workers' temporary folder is removed."""
+        if self._backend is not None:
+            self._backend.close(drop)
+        self._backend, self._closed = None, True
+
+    def map(self, function: Callable, items: Iterable, stop: Callable[[], bool] = lambda: False,
+            lost: Callable | None = None) -> Iterator[tuple]:
+        """``(item, function(state, item))`` for each item, as each finishes. ``function``
+        must be importable by the workers (a module-level function of an installed module)."""
+        if self.in_process:
+            for item in items:
+                if stop():
+                    return
+                yield item, function(self.state, item)
+            return
+        if self._closed:
+            raise RuntimeError("this PairPool is closed")
+        if self._backend is None:
+            self._backend = _Processes(self.state, self.workers)
+        backend, queue, pending = self._backend, iter(items), {}
+        while True:
+            while not stop() and len(pending) < backend.slots():
+                item = next(queue, _END)
+                if item is _END:
+                    break
+                pending[backend.submit(function, item)] = item
+            if not pending:
+                return
+            for future in backend.finished(list(pending)):
+                item = pending.pop(future)
+                try:
+                    result = backend.result(future)
+                except WorkerLost as error:
+                    if lost is None:
+                        raise
+                    result = lost(item, error)
+                yield item, result
+
+
+_END = object()
+
+
+# --------------------------------------------------------------------------- worker processes
+
+_worker: dict = {}  # in a worker: its state (and, on a Dask worker, the digest it came from)
+_worker_lock = threading.Lock()
+
+
+def _start_worker(payload: bytes, threads: int, scratch: str, parent: int) -> None:
+    """Process initializer: signals left to the parent, thread counts, temporary folder, a
+    watch on the parent, then the state, unpickled once (the model loads here)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    for name in THREAD_VARIABLES:
+        os.environ.setdefault(name, str(threads))
+    os.environ["TMPDIR"] = tempfile.tempdir = scratch
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
+                     name="fire-reg-parent-watch").start()
+    import cv2
+
+    cv2.setNumThreads(threads)
+    try:
+        _worker["state"] = pickle.loads(payload)
+    except Exception as error:  # every item then says why, instead of workers started forever
+        _worker["error"] = WorkerStartError(f"a worker could not load its state: "
+                                            f"{type(error).__name__}: {error}")
+
+
+def _watch_parent(parent: int) -> None:
+    """End this worker once its parent is gone (killed outright: nobody will ask for more)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _call(function: Callable, item):
+    if "error" in _worker:
+        raise _worker["error"]
+    return function(_worker["state"], item)
+
+
+class _Processes:
+    """Worker processes of this machine (module notes)."""
+
+    def __init__(self, state, workers: int):
+        self.workers = workers
+        self.payload = pickle.dumps(state)
+        self.scratch = tempfile.mkdtemp(prefix="fire-reg-workers-")
+        self.others = {child.pid for child in multiprocessing.active_children()}
+        self.executor = self._start()
+
+    def _start(self) -> futures.ProcessPoolExecutor:
+        threads = max(1, default_workers() // self.workers)
+        return futures.ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(self.payload, threads, self.scratch, os.getpid()))
+
+    def slots(self) -> int:
+        return self.workers
+
+    def submit(self, function: Callable, item) -> futures.Future:
+        try:
+            return self.executor.submit(_call, function, item)
+        except BrokenProcessPool:  # a worker died: the others were stopped too; start anew
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor = self._start()
+            return self.executor.submit(_call, function, item)
+
+    def finished(self, pending: list) -> set:
+        done, _ = futures.wait(pending, timeout=POLL_SECONDS,
+                               return_when=futures.FIRST_COMPLETED)
+        return done
+
+    def result(self, future: futures.Future):
+        try:
+            return future.result()
+        except BrokenProcessPool as error:
+            raise WorkerLost(f"a worker process died while registering this pair ({error})"
+                             ) from None
+
+    def close(self, drop: bool) -> None:
+        if drop:
+            workers = [child for child in multiprocessing.active_children()
+                       if child.pid not in self.others]
+            for child in workers:
+                child.kill()
+            for child in workers:
+                child.join()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- Dask
+
+def _dask_call(payload: bytes, digest: str, function: Callable, item):
+    """A Dask task: the state unpickled once per worker process (per digest), then one item."""
+    with _worker_lock:
+        if _worker.get("digest") != digest:
+            _worker.update(state=pickle.loads(payload), digest=digest)
+        state = _worker["state"]
+    return function(state, item)
+
+
+class _Cluster:
+    """The workers of a Dask ``distributed`` cluster (module notes)."""
+
+    def __init__(self, state, address: str):
+        check_dask(address)
+        import distributed
+
+        try:
+            self.client = distributed.Client(address, timeout=CONNECT_SECONDS)
+        except (OSError, TimeoutError, ValueError) as error:
+            raise InputError("--dask", f"cannot reach a Dask scheduler at {address!r} "
+                                       f"({type(error).__name__}: {error})") from None
+        payload = pickle.dumps(state)
+        self.digest = hashlib.sha256(payload).hexdigest()
+        self.payload = self.client.scatter(payload, broadcast=True, hash=False)
+        self.pending: list = []
+
+    def slots(self) -> int:
+        return max(1, sum(self.client.nthreads().values()))
+
+    def submit(self, function: Callable, item):
+        future = self.client.submit(_dask_call, self.payload, self.digest, function, item,
+                                    pure=False)
+        self.pending.append(future)
+        return future
+
+    def finished(self, pending: list) -> list:
+        import distributed
+
+        try:
+            done, _ = distributed.wait(pending, timeout=POLL_SECONDS,
+                                       return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            return []
+        return list(done)
+
+    def result(self, future):
+        from distributed.scheduler import KilledWorker
+
+        self.pending.remove(future)
+        try:
+            return future.result()
+        except KilledWorker as error:
+            raise WorkerLost(f"the Dask workers running this pair died ({error})") from None
+
+    def close(self, drop: bool) -> None:
+        if drop and self.pending:
+            self.client.cancel(self.pending)
+        self.client.close()

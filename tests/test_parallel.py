@@ -1,0 +1,293 @@
+"""All cores: the pair pool (worker processes, stop, drop, a lost worker, a killed parent),
+``register --batch`` and ``evaluate`` on worker processes with the results of one process,
+images prepared once (``Registrar.prepare``), and ``register FIXED MOVING1 MOVING2 ...``."""
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fire_reg.cli import main
+from fire_reg.data.fire import FireDataset
+from fire_reg.evaluate import baselines
+from fire_reg.evaluate import tester
+from fire_reg.io.errors import InputError
+from fire_reg.io.runs import describe, fingerprint
+from fire_reg.register.pool import PairPool, WorkerLost
+from fire_reg.register.registrar import Registrar
+
+IDS = ["S01", "S02", "P01", "A01"]  # small_fire's pairs
+
+
+# --------------------------------------------------------------------------- per-item functions
+# (module level: the worker processes import them from this module)
+
+def scaled(state, item):
+    """state x item, after ``item`` x 10 ms."""
+    time.sleep(0.01 * item)
+    return state * item
+
+
+def raising(state, item):
+    if item == 2:
+        raise InputError(f"image{item}.png", "truncated")
+    return item
+
+
+def dying(state, item):
+    """Kill the worker on item 3 (as the kernel's OOM killer would)."""
+    if item == 3:
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return item
+
+
+def slow_after_first(state, item):
+    if item:
+        time.sleep(60)
+    return os.getpid()
+
+
+def pid_then_sleep(folder, item):
+    """Record this worker's pid in ``folder``, then sleep."""
+    (Path(folder) / f"{os.getpid()}.pid").write_text(str(os.getpid()))
+    time.sleep(60)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody has reaped yet counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """tempfile's folder for this test alone: the pool's scratch folder is made there."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+# --------------------------------------------------------------------------- the pool
+
+def test_pool_gives_every_result_once_and_removes_its_scratch(private_tmp):
+    items = list(range(8))
+    with PairPool(3, workers=2) as pool:
+        results = dict(pool.map(scaled, items))
+        assert len(list(private_tmp.iterdir())) == 1  # the workers' scratch folder
+    assert results == {item: 3 * item for item in items}
+    assert not list(private_tmp.iterdir())
+    with PairPool(3, workers=1) as pool:  # in this process: the same
+        assert dict(pool.map(scaled, items)) == results
+
+
+def test_pool_raises_a_worker_s_exception_here_whole():
+    with PairPool(None, workers=2) as pool, pytest.raises(InputError) as raised:
+        list(pool.map(raising, range(4)))
+    assert raised.value.path == "image2.png" and raised.value.problem == "truncated"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_stop_lets_the_items_in_flight_finish_and_starts_no_more(workers):
+    seen = []
+    with PairPool(1, workers=workers) as pool:
+        for item, result in pool.map(scaled, range(20), stop=lambda: bool(seen)):
+            seen.append(item)
+            assert result == item
+    assert 1 <= len(seen) <= workers  # one per worker was in flight
+
+
+def test_a_worker_killed_mid_item_is_that_item_s_loss_and_the_pool_goes_on():
+    lost = []
+    with PairPool(None, workers=2) as pool:
+        results = dict(pool.map(dying, range(8),
+                                lost=lambda item, error: lost.append(item) or "lost"))
+    assert sorted(results) == list(range(8))  # every item once
+    assert 3 in lost and len(lost) <= 2  # the killer, and at most the one beside it
+    assert all(results[item] == item for item in results if item not in lost)
+    with PairPool(None, workers=2) as pool, pytest.raises(WorkerLost):
+        list(pool.map(dying, range(8)))  # without ``lost``: raised
+
+
+def test_an_exception_here_drops_the_items_in_flight_at_once(private_tmp):
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="stop here"):
+        with PairPool(None, workers=2) as pool:
+            for _ in pool.map(slow_after_first, range(4)):
+                raise RuntimeError("stop here")  # item 1 is asleep in the other worker
+    assert time.monotonic() - start < 40  # killed, not waited for (60 s)
+    assert not list(private_tmp.iterdir())
+
+
+def test_workers_end_when_their_parent_is_killed(tmp_path):
+    """A batch killed outright (SIGKILL) leaves no worker process behind."""
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "from fire_reg.register.pool import PairPool\n"
+              "import test_parallel\n"
+              f"with PairPool({str(tmp_path)!r}, workers=2) as pool:\n"
+              "    list(pool.map(test_parallel.pid_then_sleep, range(4)))\n")
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("*.pid"))) < 2:
+        assert parent.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    workers = [int(path.stem) for path in tmp_path.glob("*.pid")]
+    assert all(alive(pid) for pid in workers)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 15
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers)
+
+
+# --------------------------------------------------------------------------- prepared images
+
+def test_a_prepared_image_gives_the_same_result(small_fire, tiny_model_path):
+    pair = FireDataset(small_fire)["S02"]
+    fixed, moving = pair.image("fixed"), pair.image("moving")
+    for registrar, given in ((Registrar(tiny_model_path), (None, None)),
+                             (Registrar(tiny_model_path), ("fa", None)),
+                             (Registrar(tiny_model_path, modality="fixed=fa"), (None, None))):
+        plain = registrar.register(fixed, moving, modalities_given=given)
+        prepared = registrar.prepare(fixed, modality=given[0])
+        assert prepared.modality == (given[0] or "colour")  # detected: colour
+        assert prepared.map.shape[1] == registrar.work_width and prepared.fov.dtype == bool
+        for sides in ((prepared, moving), (prepared, registrar.prepare(moving))):
+            result = registrar.register(*sides)
+            np.testing.assert_array_equal(result.matrix, plain.matrix)
+            assert result.transform.to_dict() == plain.transform.to_dict()
+            assert (result.status, result.reason, result.modalities) == (
+                plain.status, plain.reason, plain.modalities)
+    with pytest.raises(ValueError, match="its own mask"):
+        registrar.register(prepared, moving, fixed_mask=np.ones(fixed.shape[:2], bool))
+
+
+def test_a_prepared_file_and_a_pickled_registrar_give_the_same_result(small_fire,
+                                                                      tiny_model_path):
+    pair = FireDataset(small_fire)["P01"]
+    registrar = Registrar(tiny_model_path)
+    plain = registrar.register_files(pair.fixed_path, pair.moving_path)
+    prepared = registrar.prepare_file(pair.fixed_path)
+    assert prepared.path == str(pair.fixed_path) and prepared.size == pair.size("fixed")
+    copy = pickle.loads(pickle.dumps(registrar))  # what a worker process gets
+    assert fingerprint(describe(copy)) == fingerprint(describe(registrar))
+    for result in (registrar.register_files(prepared, pair.moving_path),
+                   copy.register_files(pair.fixed_path, pair.moving_path)):
+        np.testing.assert_array_equal(result.matrix, plain.matrix)
+        assert (result.status, result.fixed_size) == (plain.status, plain.fixed_size)
+
+
+# --------------------------------------------------------------------------- the commands
+
+def transforms_of(out: Path) -> dict:
+    """{id: (status, fixed_to_moving array)} of a batch's result sets."""
+    found = {}
+    for path in sorted(out.glob("[!.]*/transform.json")):
+        record = json.loads(path.read_text())
+        found[path.parent.name] = (record["status"],
+                                   np.asarray(record["transform"]["fixed_to_moving"]))
+    return found
+
+
+def test_batch_on_two_workers_equals_one_process(small_fire, tiny_model_path, tmp_path,
+                                                 capsys):
+    runs = {}
+    for workers in ("1", "2"):
+        out = tmp_path / f"workers{workers}"
+        code = main(["register", "--batch", str(small_fire), "--model", str(tiny_model_path),
+                     "--out", str(out), "--workers", workers])
+        batch = json.loads((out / "batch.json").read_text())
+        assert code == batch["exit_status"] and batch["complete"]
+        assert batch["workers"] == int(workers)
+        runs[workers] = (batch["counts"], transforms_of(out),
+                         sorted(path.name for path in out.rglob("*")))
+    (counts1, found1, files1), (counts2, found2, files2) = runs["1"], runs["2"]
+    assert counts1 == counts2 and files1 == files2 and sorted(found1) == sorted(IDS)
+    for pair_id, (status, array) in found1.items():
+        assert found2[pair_id][0] == status
+        np.testing.assert_allclose(found2[pair_id][1], array, rtol=0, atol=1e-9)
+    assert "batch: 4 of 4 rows done" in capsys.readouterr().out
+
+
+def test_evaluate_on_two_workers_equals_one_process(small_fire, tmp_path):
+    methods = [baselines.baseline("orb"), baselines.baseline("identity")]
+    results = [tester.Tester(small_fire, tmp_path / f"w{workers}", methods, overlays=0,
+                             progress=False, workers=workers).run() for workers in (1, 2)]
+    assert list(results[0]["pairs"]) == list(results[1]["pairs"])  # the data set's order
+    for pair_id, entry in results[0]["pairs"].items():
+        for name, method in entry["methods"].items():
+            other = results[1]["pairs"][pair_id]["methods"][name]
+            assert other["error_px"] == pytest.approx(method["error_px"], abs=1e-9)
+            assert other["status"] == method["status"]
+    assert results[0]["summary"]["all"]["orb"]["mAUC"] == pytest.approx(
+        results[1]["summary"]["all"]["orb"]["mAUC"], abs=1e-12)
+
+
+def test_one_reference_many_images(small_fire, tiny_model_path, tmp_path, capsys):
+    """``register FIXED M1 M2 M3``: one sub-folder per moving image, named by its stem, the
+    batch records, and the transforms of independent pairs; a stem that comes twice is that
+    row's error (exit status 2); ``--resume`` redoes nothing."""
+    data = FireDataset(small_fire)
+    fixed = data["S01"].fixed_path
+    movings = [data[pid].moving_path for pid in ("S01", "S02", "P01")]
+    twin = tmp_path / "other" / movings[1].name
+    twin.parent.mkdir()
+    shutil.copy(movings[1], twin)
+    out = tmp_path / "series"
+    argv = ["register", str(fixed), *map(str, movings), str(twin), "--model",
+            str(tiny_model_path), "--out", str(out), "--workers", "1"]
+    code = main(argv)
+    batch = json.loads((out / "batch.json").read_text())
+    rows = {row["id"]: row for row in batch["rows"]}
+    assert code == 2 and batch["fixed"] == str(fixed) and batch["counts"]["error"] == 1
+    assert rows[str(twin)]["outcome"] == "error" and "file stem" in rows[str(twin)]["reason"]
+    found = transforms_of(out)
+    assert sorted(found) == sorted(path.stem for path in movings)
+    registrar = Registrar(tiny_model_path)
+    for moving in movings:
+        alone = registrar.register_files(fixed, moving)
+        assert found[moving.stem][0] == alone.status == rows[moving.stem]["status"]
+        np.testing.assert_allclose(found[moving.stem][1], alone.transform.to_dict()[
+            "fixed_to_moving"], rtol=0, atol=1e-9)
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    assert "resuming: 3 of 3 pairs finished earlier, 0 to run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, problem", [
+    (["--workers", "0"], "--workers: must be at least 1"),
+    (["--workers", "2", "--dask", "tcp://127.0.0.1:8786"], "--workers: not with --dask"),
+])
+def test_bad_pool_flags_are_one_line_and_leave_nothing(small_fire, tmp_path, capsys, flags,
+                                                       problem):
+    out = tmp_path / "out"
+    assert main(["register", "--batch", str(small_fire), "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and problem in err[0] and not out.exists()
+
+
+def test_dask_missing_is_one_line_naming_the_extra(small_fire, tmp_path, capsys,
+                                                   monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "distributed" else real(name, *args))
+    out = tmp_path / "out"
+    assert main(["register", "--batch", str(small_fire), "--out", str(out),
+                 "--dask", "tcp://127.0.0.1:8786"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["fire-reg: error: --dask: needs Dask's distributed package: "
+                   "pip install 'fire-reg[dask]'"] and not out.exists()
