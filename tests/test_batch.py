@@ -24,6 +24,7 @@ from fire_reg.geometry import transforms
 from fire_reg.io.errors import InputError
 from fire_reg.io.images import image_size
 from fire_reg.io.output import LOCK_NAME
+from fire_reg.register.registrar import RegistrarConfig
 from fire_reg.register.result import Registration
 
 IDS = ["S01", "S02", "P01", "A01"]  # the order of small_fire's pairs
@@ -230,7 +231,8 @@ def test_resume_refuses_other_flags_or_model(command, one_pair, tiny_model_path,
     out = str(tmp_path / "out")
     assert main([*command, *model, *quick, "--out", out]) in (0, 3)
     capsys.readouterr()
-    for flags, named in ((model, "transform: 'none' -> 'quadratic'"),
+    default = RegistrarConfig().transform
+    for flags, named in ((model, f"transform: 'none' -> {default!r}"),
                          (["--model", str(other_model), *quick], "weights_sha256")):
         code = main([*command, *flags, "--out", out, "--resume"])
         err = capsys.readouterr().err

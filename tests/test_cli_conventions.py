@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -150,21 +149,18 @@ def test_a_bad_model_is_named_before_anything_else(tmp_path, capsys):
 
 
 def test_a_bad_model_is_refused_without_importing_keras(tmp_path):
-    """In a fresh interpreter: reported in well under the seconds a Keras start-up takes, and
-    no framework is imported at all."""
+    """In a fresh interpreter: refused before any framework is imported (so in the time
+    Python takes to start, not the seconds of a Keras start-up; timed in the README)."""
     bad = tmp_path / "bad.keras"
     bad.write_text("nope")
-    script = ("import sys, time; start = time.perf_counter()\n"
+    script = ("import sys\n"
               "from fire_reg.cli import main\n"
               f"code = main(['register', 'a.jpg', 'b.jpg', '--model', {str(bad)!r}, '--out', "
               f"{str(tmp_path / 'out')!r}])\n"
               "heavy = {'keras', 'tensorflow', 'jax', 'torch'} & set(sys.modules)\n"
-              "import json; print(json.dumps([code, sorted(heavy), time.perf_counter() - start]))\n")
-    start = time.perf_counter()
+              "import json; print(json.dumps([code, sorted(heavy)]))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60, env={**os.environ, "KERAS_BACKEND": "tensorflow"})
-    wall = time.perf_counter() - start
-    code, heavy, seconds = json.loads(done.stdout)
+    code, heavy = json.loads(done.stdout)
     assert code == 2 and heavy == [], done.stdout
     assert "bad.keras: not a readable Keras model" in done.stderr
-    assert seconds < 1.5 and wall < 5

@@ -11,6 +11,7 @@ from distributed import LocalCluster
 
 from fire_reg.cli import main
 from fire_reg.register import pool
+from fire_reg.register.result import Registration
 
 PAIRS = ("S01", "P01", "A01")
 
@@ -24,18 +25,22 @@ def three_pairs(small_fire, tmp_path):
     return listed
 
 
+GRID = np.stack(np.meshgrid(np.linspace(0, 383, 9), np.linspace(0, 383, 9)), -1).reshape(-1, 2)
+
+
 def results(out) -> dict:
-    """{id: (status, fixed_to_moving)} of a batch's result sets."""
+    """{id: (status, a grid of fixed px mapped by the transform)} of a batch's result sets."""
     found = {}
     for pid in PAIRS:
-        record = json.loads((out / pid / "transform.json").read_text())
-        found[pid] = (record["status"], np.asarray(record["transform"]["fixed_to_moving"]))
+        result = Registration.load(out / pid / "transform.json")
+        found[pid] = (result.status, result.transform.fixed_to_moving(GRID))
     return found
 
 
 def test_batch_on_a_local_cluster_equals_one_process(three_pairs, tiny_model_path, tmp_path,
                                                      capsys):
-    common = ["register", "--batch", str(three_pairs), "--model", str(tiny_model_path)]
+    common = ["register", "--batch", str(three_pairs), "--model", str(tiny_model_path),
+              "--transform", "quadratic"]
     serial = tmp_path / "serial"
     assert main([*common, "--out", str(serial), "--workers", "1"]) in (0, 3)
     out = tmp_path / "dask"

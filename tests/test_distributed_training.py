@@ -18,7 +18,7 @@ from fire_reg.learn.trainer import TrainConfig, Trainer
 shards, out = sys.argv[1], sys.argv[2]
 config = TrainConfig.from_dict({"network": {"encoder_channels": [4, 8, 8, 8, 8],
                                             "trunk_units": 16},
-                                "epochs": 2, "steps_per_epoch": 3, "batch_size": 4})
+                                "epochs": 1, "steps_per_epoch": 4, "batch_size": 4})
 weights, losses = {}, {}
 for name, distribute in (("single", False), ("data-parallel", True)):  # single first: the
     trainer = Trainer(shards, f"{out}/{name}", config, distribute=distribute)  # distribution
@@ -51,10 +51,9 @@ def test_data_parallel_on_two_devices_ends_with_the_single_device_weights(shard_
         capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    print(found)
     assert found["devices"] == 2 and found["mesh"] == [2]  # the batch really was split
-    assert len(found["losses"]["single"]) == 2
-    assert found["max_change"] > 1e-3, found  # training moved the weights ...
+    assert len(found["losses"]["single"]) == 1
+    assert found["max_change"] > 1e-4, found  # training moved the weights ...
     assert found["max_difference"] < 1e-5, found  # ... the same way (float32 sums reordered)
     assert found["losses"]["single"] == pytest.approx(found["losses"]["data-parallel"],
                                                       rel=1e-5)

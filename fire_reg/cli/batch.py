@@ -47,7 +47,7 @@ from fire_reg.cli.signals import Interrupted, deferred
 from fire_reg.io.errors import InputError
 from fire_reg.io.output import OutputError, atomic_folder, write_json, write_text
 from fire_reg.io.runs import check_continues, describe, fingerprint
-from fire_reg.register.pool import PairPool, default_workers
+from fire_reg.register.pool import PairPool, default_workers, in_worker
 
 OUTCOMES = ("ok", "suspect", "failed", "error", "not run")
 RECORDS = ("batch.json", "failures.csv")
@@ -225,28 +225,27 @@ def _pool(args, registrar, run: dict, todo: list) -> PairPool:
     dask = getattr(args, "dask", None) if todo else None
     workers = min(getattr(args, "workers", None) or default_workers(), max(1, len(todo)))
     run["workers"] = f"dask {dask}" if dask else workers
-    in_process = dask is None and workers == 1
-    return PairPool(Registering(registrar, run["fingerprint"], writes=in_process), workers,
-                    dask)
+    return PairPool(Registering(registrar, run["fingerprint"]), workers, dask)
+
+
+PREPARED_KEPT = 4
+"""Prepared fixed images a process keeps (rows sharing one usually come together)."""
 
 
 @dataclass
 class Registering:
     """What registers a row, in this process or in a worker: the method, the run's settings
-    fingerprint, whether the pair's folder is written where the row runs (``writes``: in
-    this process) or its files are returned for this process to commit (a worker, which may
-    be on another machine), and the fixed images prepared so far (in each process; a fixed
-    image that several rows share is decoded, detected and mapped once there)."""
+    fingerprint, and the fixed images prepared so far (in each process; a fixed image that
+    several rows share is decoded, detected and mapped once there)."""
 
     method: object
     fingerprint: str | None
-    writes: bool
     prepared: collections.OrderedDict = field(default_factory=collections.OrderedDict,
                                               repr=False)
 
     def fixed_image(self, path: str, shared: bool):
         """The fixed image as the method takes it: prepared once when rows share it and the
-        method can prepare (a Registrar), else its path. The last 4 are kept."""
+        method can prepare (a Registrar), else its path. The last PREPARED_KEPT are kept."""
         prepare = getattr(self.method, "prepare_file", None)
         if not shared or prepare is None:
             return path
@@ -258,26 +257,25 @@ class Registering:
         return self.prepared[path]
 
 
-PREPARED_KEPT = 4
-
-
 def register_row(job: Registering, item: tuple) -> dict:
     """Register one row, ``item`` = (index, fixed, moving, folder, fixed shared), and write
-    its folder (``job.writes``) or return its files under ``"files"``; any exception but an
-    OutputError of the folder written here becomes the row's error."""
+    its folder (in the command's own process) or return its files under ``"files"`` (in a
+    worker, which may be on another machine: the command commits them); any exception but
+    an OutputError of the output folder becomes the row's error."""
     from fire_reg.register.result import write_files
 
     _, fixed, moving, folder, shared = item
+    writes = not in_worker()
     try:
         result = job.method.register_files(job.fixed_image(fixed, shared), moving)
-        if job.writes:
+        if writes:
             write_files(folder, result, fixed, moving, fingerprint=job.fingerprint)
             files = None
         else:
             files = _rendered(result, fixed, moving, job.fingerprint)
     except InputError as error:
         if isinstance(error, OutputError):
-            if job.writes:
+            if writes:
                 raise
             return {"outcome": "error", "error": "internal",
                     "reason": f"a worker could not write its files: {error}"}

@@ -20,13 +20,16 @@
   thread each (``dask worker ADDRESS --nthreads 1``): a worker's pairs then run one at a time,
   as in a worker process here.
 
-One item per worker (per thread of the cluster) is in flight. ``stop()`` is asked before
-each new item is sent: once it is true, no item starts, and those in flight are waited for
-and yielded. An exception that ends the iteration early (a second Ctrl-C: ``Interrupted``)
-drops the items in flight: :meth:`PairPool.close` kills the worker processes (Dask: cancels
-the tasks). A worker that dies while it holds an item (killed, out of memory) raises
-:class:`WorkerLost` for that item, or gives ``lost(item, error)`` when ``lost`` is given;
-the pool starts new workers for the rest.
+One item per worker (per thread of the cluster) is in flight. A worker process takes
+seconds to start (it imports TensorFlow and loads the model): until the first worker's
+result comes back, this process runs items itself too, with the state it holds, so a
+batch advances from its first second. ``stop()`` is asked before each new item starts:
+once it is true, no item starts, and those in flight are waited for and yielded. An
+exception that ends the iteration early (a second Ctrl-C: ``Interrupted``) drops the items
+in flight: :meth:`PairPool.close` kills the worker processes (Dask: cancels the tasks). A
+worker that dies while it holds an item (killed, out of memory) raises :class:`WorkerLost`
+for that item (and for the other items in flight: the pool stops with it), or gives
+``lost(item, error)`` when ``lost`` is given; the pool starts new workers for the rest.
 """
 from __future__ import annotations
 
@@ -127,6 +130,7 @@ class PairPool:
         if self._backend is None:
             self._backend = _Processes(self.state, self.workers)
         backend, queue, pending = self._backend, iter(items), {}
+        helping = self.dask is None  # until the first worker's result: the workers start
         while True:
             while not stop() and len(pending) < backend.slots():
                 item = next(queue, _END)
@@ -135,7 +139,9 @@ class PairPool:
                 pending[backend.submit(function, item)] = item
             if not pending:
                 return
-            for future in backend.finished(list(pending)):
+            done = backend.finished(list(pending), wait=not helping)
+            helping = helping and not done
+            for future in done:
                 item = pending.pop(future)
                 try:
                     result = backend.result(future)
@@ -144,6 +150,12 @@ class PairPool:
                         raise
                     result = lost(item, error)
                 yield item, result
+            if helping and not stop():
+                item = next(queue, _END)
+                if item is _END:
+                    helping = False  # nothing left to take: wait for the workers
+                else:
+                    yield item, function(self.state, item)
 
 
 _END = object()
@@ -182,6 +194,12 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
+def in_worker() -> bool:
+    """Whether this runs in a worker of a :class:`PairPool` (a process here, or a Dask
+    worker), not in the process that owns the pool."""
+    return bool(_worker)
+
+
 def _call(function: Callable, item):
     if "error" in _worker:
         raise _worker["error"]
@@ -216,8 +234,8 @@ class _Processes:
             self.executor = self._start()
             return self.executor.submit(_call, function, item)
 
-    def finished(self, pending: list) -> set:
-        done, _ = futures.wait(pending, timeout=POLL_SECONDS,
+    def finished(self, pending: list, wait: bool = True) -> set:
+        done, _ = futures.wait(pending, timeout=POLL_SECONDS if wait else 0,
                                return_when=futures.FIRST_COMPLETED)
         return done
 
@@ -277,11 +295,11 @@ class _Cluster:
         self.pending.append(future)
         return future
 
-    def finished(self, pending: list) -> list:
+    def finished(self, pending: list, wait: bool = True) -> list:
         import distributed
 
         try:
-            done, _ = distributed.wait(pending, timeout=POLL_SECONDS,
+            done, _ = distributed.wait(pending, timeout=POLL_SECONDS if wait else 0,
                                        return_when="FIRST_COMPLETED")
         except TimeoutError:
             return []

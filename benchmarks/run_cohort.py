@@ -1,0 +1,258 @@
+"""Cohort-scale figures of the README ("Cohorts: all cores, a cluster, one reference"),
+measured side by side in one run on this machine:
+
+    .venv/bin/python benchmarks/run_cohort.py --out out/cohort [--pairs 40] [--rows 500] \
+        [--transform quadratic]
+
+Every registration uses ``--transform`` (default quadratic: the figures are about the batch
+around the registration, not about the fine stage's richest model).
+
+1. Throughput: the same ``register --batch`` of ``--pairs`` pairs (the embedded set's 20
+   pairs at 1411 px, listed again under other ids and through other file names, so that no
+   two rows share an image) with ``--workers 1`` (in this process) and ``--workers 2``, one
+   after the other, twice (1, 2, 1, 2). Pairs per second over the whole command (worker
+   start-up included) and at steady state (from the finishing times of the pairs' folders,
+   over the second half of the batch).
+2. One reference, many images: the same fixed photograph against 20 moving ones, as the
+   series ``register FIXED M1 ... M20`` (the reference prepared once) and as 20 independent
+   pairs (a batch whose rows name the reference through 20 different file names), both with
+   ``--workers 1``, twice each, alternating; and the registration alone through the Python
+   API (``Registrar.register_files`` on the paths against ``prepare_file`` once).
+3. Memory: a ``--rows`` row batch (the 50 pairs of a 512 px embedded set, each listed
+   ``rows / 50`` times under distinct ids) on the default workers, with the resident memory
+   (RSS) of the command and of each worker sampled every 0.5 s.
+
+The load average of the machine is printed before and after each measurement (other work
+on a shared machine slows every figure). Prints a JSON record and a Markdown summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+FIRE_REG = [sys.executable, "-m", "fire_reg.cli"]
+SETTINGS: list[str] = []  # --transform, for every registration
+
+
+def load() -> str:
+    return "/".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def run(*args) -> tuple[float, subprocess.CompletedProcess]:
+    """Run one fire-reg command (``register``: with SETTINGS); (wall seconds, the finished
+    process)."""
+    args = (*args, *SETTINGS) if args[0] == "register" else args
+    print("$ fire-reg " + " ".join(map(str, args)), f"  [load {load()}]", flush=True)
+    start = time.perf_counter()
+    done = subprocess.run([*FIRE_REG, *map(str, args)], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode not in (0, 3):
+        sys.exit(f"command failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    print("  " + done.stdout.strip().splitlines()[-1], flush=True)
+    return wall, done
+
+
+def embedded(out: Path, *options) -> Path:
+    if not (out / "embedded.json").is_file():
+        run("data", "embedded", "--out", out, *options)
+    return out
+
+
+def listing(path: Path, rows) -> Path:
+    path.write_text("id,fixed,moving\n" + "".join(f"{i},{f},{m}\n" for i, f, m in rows))
+    return path
+
+
+def alias(link: Path, target: Path) -> Path:
+    """``link``, a symbolic link to ``target``: another file name for the same image."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        link.symlink_to(target.resolve())
+    return link
+
+
+def steady_rate(out: Path) -> float:
+    """Pairs per second over the second half of a batch: from the moment its middle pair's
+    folder was committed to the moment its last one was (the workers long started)."""
+    times = sorted(path.stat().st_mtime for path in out.glob("[!.]*/transform.json"))
+    middle = len(times) // 2
+    return (len(times) - 1 - middle) / (times[-1] - times[middle])
+
+
+def throughput(work: Path, source: Path, pairs: int) -> dict:
+    images = sorted((source / "Images").glob("*_1.jpg"))
+    rows = []
+    for index in range(pairs):
+        fixed = images[index % len(images)]
+        moving = fixed.with_name(fixed.name.replace("_1.", "_2."))
+        rows.append((f"r{index:03d}", alias(work / "names" / f"{index}_f.jpg", fixed),
+                     alias(work / "names" / f"{index}_m.jpg", moving)))
+    csv = listing(work / "throughput.csv", rows)
+    figures = {1: [], 2: []}
+    for repeat in range(2):
+        for workers in (1, 2):
+            out = work / f"throughput_w{workers}_{repeat}"
+            wall, _ = run("register", "--batch", csv, "--out", out, "--workers", workers)
+            batch = json.loads((out / "batch.json").read_text())
+            figures[workers].append({"wall_s": wall, "pairs_per_s": batch["pairs_per_second"],
+                                     "steady_pairs_per_s": steady_rate(out),
+                                     "load_after": load()})
+    summary = {w: {key: statistics.mean(f[key] for f in runs)
+                   for key in ("pairs_per_s", "steady_pairs_per_s")}
+               for w, runs in figures.items()}
+    return {"pairs": pairs, "runs": figures, "mean": summary,
+            "speed-up": summary[2]["pairs_per_s"] / summary[1]["pairs_per_s"],
+            "steady speed-up": (summary[2]["steady_pairs_per_s"]
+                                / summary[1]["steady_pairs_per_s"])}
+
+
+API_TIMING = """
+import json, sys, time
+from fire_reg.register.registrar import Registrar
+transform, fixed, movings = sys.argv[1], sys.argv[2], sys.argv[3:]
+registrar = Registrar(transform=transform)
+registrar.register_files(fixed, movings[0])  # warm
+laps = {"paths": [], "prepared once": []}
+for _ in range(2):
+    start = time.perf_counter()
+    for moving in movings:
+        registrar.register_files(fixed, moving)
+    laps["paths"].append(time.perf_counter() - start)
+    start = time.perf_counter()
+    prepared = registrar.prepare_file(fixed)
+    for moving in movings:
+        registrar.register_files(prepared, moving)
+    laps["prepared once"].append(time.perf_counter() - start)
+print(json.dumps(laps))
+"""
+
+
+def one_reference(work: Path, source: Path) -> dict:
+    fixed = source / "Images" / "S01_1.jpg"
+    movings = sorted((source / "Images").glob("*_2.jpg"))[:20]
+    independent = listing(work / "independent.csv", [
+        (moving.stem, alias(work / "references" / f"{i}.jpg", fixed), moving)
+        for i, moving in enumerate(movings)])
+    laps = {"series": [], "independent": []}
+    for repeat in range(2):
+        wall, _ = run("register", fixed, *movings, "--out", work / f"series_{repeat}",
+                      "--workers", 1)
+        laps["series"].append(wall)
+        wall, _ = run("register", "--batch", independent, "--out",
+                      work / f"independent_{repeat}", "--workers", 1)
+        laps["independent"].append(wall)
+    print(f"$ python -c <Registrar timing>   [load {load()}]", flush=True)
+    api = json.loads(subprocess.run([sys.executable, "-c", API_TIMING, SETTINGS[1],
+                                     str(fixed), *map(str, movings)], capture_output=True,
+                                    text=True, check=True).stdout.strip().splitlines()[-1])
+    command = {name: min(values) for name, values in laps.items()}
+    registration = {name: min(values) for name, values in api.items()}
+    return {"moving": len(movings), "command_s": laps, "registration_s": api,
+            "command speed-up": command["independent"] / command["series"],
+            "registration speed-up": registration["paths"] / registration["prepared once"],
+            "load_after": load()}
+
+
+def memory(work: Path, source: Path, rows: int) -> dict:
+    pairs = sorted(path.name[:3] for path in (source / "Images").glob("*_1.jpg"))
+    repeats = rows // len(pairs)
+    csv = listing(work / "memory.csv", [
+        (f"{pid}_{r:02d}", source / "Images" / f"{pid}_1.jpg", source / "Images" / f"{pid}_2.jpg")
+        for r in range(repeats) for pid in pairs])
+    out = work / "memory"
+    argv = [*FIRE_REG, "register", "--batch", str(csv), "--out", str(out), *SETTINGS]
+    print("$ fire-reg " + " ".join(argv[3:]), f"  [load {load()}]", flush=True)
+    samples, start = [], time.perf_counter()
+    command = psutil.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def sample():
+        while command.poll() is None:
+            try:
+                parent = command.memory_info().rss
+                workers = [child.memory_info().rss for child in command.children()
+                           if "spawn_main" in " ".join(child.cmdline())]
+            except psutil.Error:
+                break
+            done = len(list(out.glob("[!.]*/transform.json")))
+            samples.append((time.perf_counter() - start, done, parent, workers))
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    stdout, _ = command.communicate()
+    sampler.join()
+    print("  " + stdout.strip().splitlines()[-1], flush=True)
+    mb = 1 / 2**20
+    steady = [s for s in samples if s[3] and s[1] >= 20]  # all workers up, 20 pairs done
+    thirds = [steady[i * len(steady) // 3:(i + 1) * len(steady) // 3] for i in range(3)]
+    return {"rows": repeats * len(pairs), "seconds": time.perf_counter() - start,
+            "samples": len(samples),
+            "parent_mb": [max(s[2] for s in part) * mb for part in thirds],
+            "worker_mb": [max(max(s[3]) for s in part) * mb for part in thirds],
+            "workers": max(len(s[3]) for s in samples),
+            "total_mb_max": max((s[2] + sum(s[3])) * mb for s in samples),
+            "load_after": load()}
+
+
+def markdown(figures: dict) -> str:
+    t, o, m = figures["throughput"], figures["one_reference"], figures["memory"]
+    lines = [
+        f"Measured with `.venv/bin/python benchmarks/run_cohort.py --out out/cohort` on "
+        f"{os.cpu_count()} cores, `--transform {figures['transform']}` (load average "
+        f"before: {figures['load_before']}).", "",
+        "| measurement | figure |", "|---|---|",
+        f"| `register --batch`, {t['pairs']} pairs (1411 px), `--workers 1` | "
+        f"{t['mean'][1]['pairs_per_s']:.2f} pairs/s ({t['mean'][1]['steady_pairs_per_s']:.2f} "
+        "steady) |",
+        f"| same, `--workers 2` | {t['mean'][2]['pairs_per_s']:.2f} pairs/s "
+        f"({t['mean'][2]['steady_pairs_per_s']:.2f} steady) |",
+        f"| speed-up of 2 workers | {t['speed-up']:.2f}x ({t['steady speed-up']:.2f}x steady) |",
+        f"| 1-to-{o['moving']} series `register FIXED M1 ... M{o['moving']}` against "
+        f"{o['moving']} independent pairs (`--workers 1`) | {min(o['command_s']['series']):.1f} "
+        f"s against {min(o['command_s']['independent']):.1f} s: "
+        f"{o['command speed-up']:.2f}x |",
+        f"| same, registration alone (`prepare_file` once) | "
+        f"{min(o['registration_s']['prepared once']):.2f} s against "
+        f"{min(o['registration_s']['paths']):.2f} s: {o['registration speed-up']:.2f}x |",
+        f"| {m['rows']}-row batch (512 px, {m['workers']} workers): RSS of the command, "
+        "first / middle / last third | " + " / ".join(f"{v:.0f}" for v in m["parent_mb"])
+        + " MB |",
+        "| same, RSS of each worker | " + " / ".join(f"{v:.0f}" for v in m["worker_mb"])
+        + " MB |",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="out/cohort", help="work folder")
+    parser.add_argument("--pairs", type=int, default=40, help="pairs of the throughput batch")
+    parser.add_argument("--rows", type=int, default=500, help="rows of the memory batch")
+    parser.add_argument("--transform", default="quadratic", help="--transform of every run")
+    args = parser.parse_args()
+    SETTINGS[:] = ["--transform", args.transform]
+    work = Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    figures = {"load_before": load(), "transform": args.transform}
+    large = embedded(work / "set1411", "--per-image", "S10,P5,A5", "--seed", "1")
+    small = embedded(work / "set512", "--per-image", "S25,P15,A10", "--seed", "2",
+                     "--size", "512")
+    figures["throughput"] = throughput(work / "throughput", large, args.pairs)
+    figures["one_reference"] = one_reference(work / "series", large)
+    figures["memory"] = memory(work, small, args.rows)
+    (work / "cohort.json").write_text(json.dumps(figures, indent=2))
+    print(json.dumps(figures, indent=2))
+    print(markdown(figures))
+
+
+if __name__ == "__main__":
+    main()
