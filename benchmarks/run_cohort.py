@@ -9,10 +9,12 @@ around the registration, not about the fine stage's richest model).
 
 1. Throughput: the same ``register --batch`` of ``--pairs`` pairs (the embedded set's 20
    pairs at 1411 px, listed again under other ids and through other file names, so that no
-   two rows share an image) with ``--workers 1`` (in this process) and ``--workers 2``, one
-   after the other, twice (1, 2, 1, 2). Pairs per second over the whole command (worker
-   start-up included) and at steady state (from the finishing times of the pairs' folders,
-   over the second half of the batch).
+   two rows share an image) with ``--workers 1`` (in this process) and ``--workers 2`` (this
+   process and one worker process), one after the other, twice (1, 2, 1, 2). Pairs per
+   second over the whole command (worker start-up included) and at steady state (from the
+   finishing times of the pairs' folders, over the second half of the batch), the CPU
+   seconds per pair of the command with its workers, and the cores they kept busy on
+   average (CPU seconds / wall seconds of the whole command, start-up included).
 2. One reference, many images: the same fixed photograph against 20 moving ones, as the
    series ``register FIXED M1 ... M20`` (the reference prepared once) and as 20 independent
    pairs (a batch whose rows name the reference through 20 different file names), both with
@@ -20,7 +22,8 @@ around the registration, not about the fine stage's richest model).
    API (``Registrar.register_files`` on the paths against ``prepare_file`` once).
 3. Memory: a ``--rows`` row batch (the 50 pairs of a 512 px embedded set, each listed
    ``rows / 50`` times under distinct ids) on the default workers, with the resident memory
-   (RSS) of the command and of each worker sampled every 0.5 s.
+   (RSS) of the command and of each worker process sampled every 0.5 s (the largest in each
+   third of the run, once 20 pairs are done).
 
 The load average of the machine is printed before and after each measurement (other work
 on a shared machine slows every figure). Prints a JSON record and a Markdown summary.
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -47,14 +51,21 @@ def load() -> str:
     return "/".join(f"{value:.1f}" for value in os.getloadavg())
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of the finished children of this script (and theirs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run(*args) -> tuple[float, subprocess.CompletedProcess]:
     """Run one fire-reg command (``register``: with SETTINGS); (wall seconds, the finished
-    process)."""
+    process with ``cpu_s``: the CPU seconds of the command and its workers)."""
     args = (*args, *SETTINGS) if args[0] == "register" else args
     print("$ fire-reg " + " ".join(map(str, args)), f"  [load {load()}]", flush=True)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     done = subprocess.run([*FIRE_REG, *map(str, args)], capture_output=True, text=True)
     wall = time.perf_counter() - start
+    done.cpu_s = cpu_seconds() - cpu
     if done.returncode not in (0, 3):
         sys.exit(f"command failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     print("  " + done.stdout.strip().splitlines()[-1], flush=True)
@@ -101,13 +112,14 @@ def throughput(work: Path, source: Path, pairs: int) -> dict:
     for repeat in range(2):
         for workers in (1, 2):
             out = work / f"throughput_w{workers}_{repeat}"
-            wall, _ = run("register", "--batch", csv, "--out", out, "--workers", workers)
+            wall, done = run("register", "--batch", csv, "--out", out, "--workers", workers)
             batch = json.loads((out / "batch.json").read_text())
             figures[workers].append({"wall_s": wall, "pairs_per_s": batch["pairs_per_second"],
                                      "steady_pairs_per_s": steady_rate(out),
-                                     "load_after": load()})
+                                     "cpu_s_per_pair": done.cpu_s / pairs,
+                                     "cores_busy": done.cpu_s / wall, "load_after": load()})
     summary = {w: {key: statistics.mean(f[key] for f in runs)
-                   for key in ("pairs_per_s", "steady_pairs_per_s")}
+                   for key in ("pairs_per_s", "steady_pairs_per_s", "cpu_s_per_pair", "cores_busy")}
                for w, runs in figures.items()}
     return {"pairs": pairs, "runs": figures, "mean": summary,
             "speed-up": summary[2]["pairs_per_s"] / summary[1]["pairs_per_s"],
@@ -212,9 +224,12 @@ def markdown(figures: dict) -> str:
         "| measurement | figure |", "|---|---|",
         f"| `register --batch`, {t['pairs']} pairs (1411 px), `--workers 1` | "
         f"{t['mean'][1]['pairs_per_s']:.2f} pairs/s ({t['mean'][1]['steady_pairs_per_s']:.2f} "
-        "steady) |",
+        f"steady; {t['mean'][1]['cpu_s_per_pair']:.2f} CPU s per pair; "
+        f"{t['mean'][1]['cores_busy']:.2f} cores busy) |",
         f"| same, `--workers 2` | {t['mean'][2]['pairs_per_s']:.2f} pairs/s "
-        f"({t['mean'][2]['steady_pairs_per_s']:.2f} steady) |",
+        f"({t['mean'][2]['steady_pairs_per_s']:.2f} steady; "
+        f"{t['mean'][2]['cpu_s_per_pair']:.2f} CPU s per pair; "
+        f"{t['mean'][2]['cores_busy']:.2f} cores busy) |",
         f"| speed-up of 2 workers | {t['speed-up']:.2f}x ({t['steady speed-up']:.2f}x steady) |",
         f"| 1-to-{o['moving']} series `register FIXED M1 ... M{o['moving']}` against "
         f"{o['moving']} independent pairs (`--workers 1`) | {min(o['command_s']['series']):.1f} "
@@ -223,11 +238,11 @@ def markdown(figures: dict) -> str:
         f"| same, registration alone (`prepare_file` once) | "
         f"{min(o['registration_s']['prepared once']):.2f} s against "
         f"{min(o['registration_s']['paths']):.2f} s: {o['registration speed-up']:.2f}x |",
-        f"| {m['rows']}-row batch (512 px, {m['workers']} workers): RSS of the command, "
-        "first / middle / last third | " + " / ".join(f"{v:.0f}" for v in m["parent_mb"])
-        + " MB |",
-        "| same, RSS of each worker | " + " / ".join(f"{v:.0f}" for v in m["worker_mb"])
-        + " MB |",
+        f"| {m['rows']}-row batch (512 px, default `--workers`: the command and "
+        f"{m['workers']} worker process(es), {m['seconds']:.0f} s): RSS of the command, first "
+        "/ middle / last third | " + " / ".join(f"{v:.0f}" for v in m["parent_mb"]) + " MB |",
+        "| same, RSS of the largest worker | "
+        + " / ".join(f"{v:.0f}" for v in m["worker_mb"]) + " MB |",
     ]
     return "\n".join(lines)
 

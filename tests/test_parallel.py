@@ -29,8 +29,9 @@ IDS = ["S01", "S02", "P01", "A01"]  # small_fire's pairs
 
 
 # --------------------------------------------------------------------------- per-item functions
-# (module level: the worker processes import them from this module). The pool's own process
-# runs items too until its workers are up, but the first item always goes to a worker.
+# (module level: the worker processes import them from this module). With workers=N the
+# pool's own process runs items too, beside N - 1 worker processes; the first items are
+# always sent to the workers.
 
 def scaled(state, item):
     """state x item, after ``item`` x 10 ms."""
@@ -108,7 +109,7 @@ def test_stop_lets_the_items_in_flight_finish_and_starts_no_more(workers):
         for item, result in pool.map(scaled, range(20), stop=lambda: bool(seen)):
             seen.append(item)
             assert result == item
-    assert 1 <= len(seen) <= workers + (workers > 1)  # one per worker and one here
+    assert 1 <= len(seen) <= workers  # those running: one here, one per worker process
 
 
 def test_a_worker_killed_mid_item_is_that_item_s_loss_and_the_pool_goes_on():
@@ -138,7 +139,7 @@ def test_workers_end_when_their_parent_is_killed(tmp_path):
     script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
               "from fire_reg.register.pool import PairPool\n"
               "import test_parallel\n"
-              f"with PairPool({str(tmp_path)!r}, workers=2) as pool:\n"
+              f"with PairPool({str(tmp_path)!r}, workers=3) as pool:\n"  # 2 processes
               "    list(pool.map(test_parallel.pid_then_sleep, range(4)))\n")
     parent = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.monotonic() + 120
@@ -300,3 +301,17 @@ def test_dask_missing_is_one_line_naming_the_extra(small_fire, tmp_path, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["fire-reg: error: --dask: needs Dask's distributed package: "
                    "pip install 'fire-reg[dask]'"] and not out.exists()
+
+
+@pytest.mark.parametrize("images, light", [(["f.jpg", "m.jpg"], True),
+                                           (["f.jpg", "m1.jpg", "m2.jpg"], False)])
+def test_a_series_keeps_the_batches_backend(monkeypatch, images, light):
+    """A single pair starts on Keras' light numpy backend; a series is a batch and keeps the
+    default one (its per-pair inference is faster, and its results are the batch's)."""
+    from fire_reg.cli import commands
+
+    environment = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
+    monkeypatch.setattr(os, "environ", environment)
+    monkeypatch.delitem(sys.modules, "keras", raising=False)
+    commands._choose_backend(commands._parser().parse_args(["register", *images, "--out", "o"]))
+    assert (environment.get("KERAS_BACKEND") == commands.LIGHT_BACKEND) == light

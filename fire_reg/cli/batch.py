@@ -2,12 +2,13 @@
 reference against many images (``register FIXED MOVING1 MOVING2 ...``, one sub-folder per
 moving image, named by its file stem).
 
-The rows run on ``--workers`` processes (default: every core; 1: in this process) or on the
-Dask cluster at ``--dask`` (:mod:`fire_reg.register.pool`), each worker with the model loaded
-once. This process is the only writer of the output folder: a worker returns a pair's files
-and this process commits them as one, as each pair finishes. Rows that share a fixed image
-prepare it once per worker (:meth:`fire_reg.register.registrar.Registrar.prepare_file`).
-The results are those of one process, pair for pair.
+``--workers N`` rows run at a time (default: every core), one in this process and one in
+each of N - 1 worker processes, or on the Dask cluster at ``--dask``
+(:mod:`fire_reg.register.pool`), each worker with the model loaded once. This process is
+the only writer of the output folder: a worker returns a pair's files and this process
+commits them as one, as each pair finishes. Rows that share a fixed image prepare it once
+per process (:meth:`fire_reg.register.registrar.Registrar.prepare_file`). The results are
+those of one process, pair for pair.
 
 The batch contract (README, "Batches and output folders"):
 
@@ -20,9 +21,9 @@ The batch contract (README, "Batches and output folders"):
   of ok / suspect / failed / error / not run; the settings and their fingerprint; the
   workers) and ``OUT/failures.csv`` (id, outcome, reason of every failed or error row) are
   written when the batch starts and when it ends, also after Ctrl-C or SIGTERM: the first
-  signal lets the pairs in progress finish (one per worker; the workers themselves ignore
-  both signals), a second drops them (the workers are killed). The last line printed gives
-  the same counts.
+  signal lets the pairs in progress finish (the workers themselves ignore both signals and
+  start no waiting pair), a second drops them (the workers are killed). The last line
+  printed gives the same counts.
 * Exit status (:func:`exit_status`): 0 every pair ran and none failed, 2 some rows had an
   error, 3 some pairs have status ``failed`` (2 wins over 3); stopped by a signal: 128 + its
   number, after the records are written.
@@ -220,8 +221,8 @@ def register_batch(args, make_registrar) -> int:
 
 
 def _pool(args, registrar, run: dict, todo: list) -> PairPool:
-    """The pool the rows run on: ``--dask``, else ``--workers`` processes (default: every
-    core; no more than there are rows; 1: this process). Records its size in ``run``."""
+    """The pool the rows run on: ``--dask``, else ``--workers`` at a time (default: every
+    core; no more than there are rows; 1: this process alone). Records it in ``run``."""
     dask = getattr(args, "dask", None) if todo else None
     workers = min(getattr(args, "workers", None) or default_workers(), max(1, len(todo)))
     run["workers"] = f"dask {dask}" if dask else workers

@@ -165,8 +165,9 @@ def _registrar_options(parser) -> None:
 
 def _pool_options(parser) -> None:
     parser.add_argument("--workers", type=int,
-                        help="worker processes, each with the model loaded once (default: "
-                             "every core; 1: one pair after the other in this process)")
+                        help="pairs at a time: this process and N-1 worker processes, each "
+                             "with the model loaded once (default: every core; 1: one pair "
+                             "after the other in this process)")
     parser.add_argument("--dask", metavar="ADDRESS",
                         help="run the pairs on the Dask cluster whose scheduler is at ADDRESS "
                              "(e.g. tcp://10.0.0.5:8786; needs fire-reg[dask])")
@@ -375,10 +376,11 @@ second (TensorFlow: about three) and gives the same matrices (1e-7); inference o
 def _choose_backend(args) -> None:
     """Run a single-pair ``register`` under :data:`LIGHT_BACKEND` unless the user chose a
     backend with KERAS_BACKEND or Keras is already imported. Batches, evaluation and
-    training keep the default backend, whose per-pair inference is faster."""
+    training keep the default backend, whose per-pair inference is faster; so does a
+    series (``register FIXED M1 M2 ...``), a batch by another name."""
     import importlib.util
 
-    single = args.command == "register" and not args.batch
+    single = args.command == "register" and not args.batch and len(args.moving) <= 1
     if (single and "KERAS_BACKEND" not in os.environ and "keras" not in sys.modules
             and importlib.util.find_spec("jax")):
         os.environ["KERAS_BACKEND"] = LIGHT_BACKEND  # Keras' numpy backend borrows jax.lax

@@ -120,9 +120,9 @@ class Tester:
     ``resume``: reuse the pair results an interrupted run with the same settings (the same
     fingerprint: methods, their settings and model weights, data set) left in
     ``out_dir/pairs``; InputError when ``out_dir/run.json`` records other settings.
-    ``workers``: pairs scored side by side in this many worker processes, each with the
-    methods (the model) loaded once (1: one after the other in this process); ``dask``: on
-    the Dask cluster whose scheduler is at this address instead
+    ``workers``: pairs scored at a time, in this process and ``workers - 1`` worker
+    processes, each with the methods (the model) loaded once (1: one after the other in this
+    process); ``dask``: on the Dask cluster whose scheduler is at this address instead
     (:class:`fire_reg.register.pool.PairPool`). The results are the same either way.
     """
 

@@ -5,14 +5,16 @@
 
 * ``workers=1`` (and no ``dask``): in this process, one item after the other, ``state`` as
   given; an exception of ``function`` is raised here, as a plain loop would.
-* ``workers=N``: N worker processes (:class:`concurrent.futures.ProcessPoolExecutor`, started
-  with ``spawn``: TensorFlow and JAX do not survive ``fork``). ``state`` (a registration
-  method with its model, a Tester) is pickled once here and unpickled once by each worker as
-  it starts (the process initializer), so every worker loads the model once. Each worker runs
-  ``max(1, cores // N)`` threads in OpenCV and the numerical libraries (unless the
-  environment says otherwise), ignores SIGINT and SIGTERM (this process decides what a signal
-  stops), makes its temporary files in a folder this process removes when the pool closes,
-  and exits when this process is gone.
+* ``workers=N``: N items at a time, one in this process (with ``state`` as given: it holds
+  the model already) and one in each of N - 1 worker processes
+  (:class:`concurrent.futures.ProcessPoolExecutor`, started with ``spawn``: TensorFlow and JAX
+  do not survive ``fork``). ``state`` (a registration method with its model, a Tester) is
+  pickled once here and unpickled once by each worker as it starts (the process
+  initializer), so every worker loads the model once. Each worker runs ``max(1, cores // N)``
+  threads in OpenCV and the numerical libraries (unless the environment says otherwise),
+  ignores SIGINT and SIGTERM (this process decides what a signal stops), makes its temporary
+  files in a folder this process removes when the pool closes, and exits when this process
+  is gone.
 * ``dask="tcp://host:8786"``: the workers of a Dask ``distributed`` cluster (the optional
   extra ``fire-reg[dask]``). ``state`` is sent to every worker once
   (``Client.scatter(..., broadcast=True)``) and unpickled once per worker process; the items
@@ -20,16 +22,16 @@
   thread each (``dask worker ADDRESS --nthreads 1``): a worker's pairs then run one at a time,
   as in a worker process here.
 
-One item per worker (per thread of the cluster) is in flight. A worker process takes
-seconds to start (it imports TensorFlow and loads the model): until the first worker's
-result comes back, this process runs items itself too, with the state it holds, so a
-batch advances from its first second. ``stop()`` is asked before each new item starts:
-once it is true, no item starts, and those in flight are waited for and yielded. An
-exception that ends the iteration early (a second Ctrl-C: ``Interrupted``) drops the items
-in flight: :meth:`PairPool.close` kills the worker processes (Dask: cancels the tasks). A
-worker that dies while it holds an item (killed, out of memory) raises :class:`WorkerLost`
-for that item (and for the other items in flight: the pool stops with it), or gives
-``lost(item, error)`` when ``lost`` is given; the pool starts new workers for the rest.
+A worker process takes seconds to start (it imports TensorFlow and loads the model); this
+process works from the first second. Two items per worker process are sent ahead (one
+running, one waiting), one per thread of a Dask cluster. ``stop()`` is asked before each
+new item starts: once it is true, no item starts (a worker skips those waiting), and those
+running are waited for and yielded. An exception that ends the iteration early (a second
+Ctrl-C: ``Interrupted``) drops the items in flight: :meth:`PairPool.close` kills the worker
+processes (Dask: cancels the tasks). A worker that dies while it holds an item (killed,
+out of memory) raises :class:`WorkerLost` for the items sent to the pool then (the pool
+stops with it), or gives ``lost(item, error)`` when ``lost`` is given; the pool starts
+new workers for the rest.
 """
 from __future__ import annotations
 
@@ -128,20 +130,20 @@ class PairPool:
         if self._closed:
             raise RuntimeError("this PairPool is closed")
         if self._backend is None:
-            self._backend = _Processes(self.state, self.workers)
-        backend, queue, pending = self._backend, iter(items), {}
-        helping = self.dask is None  # until the first worker's result: the workers start
+            self._backend = _Processes(self.state, self.workers - 1)
+        backend, queue, pending, exhausted = self._backend, iter(items), {}, False
         while True:
-            while not stop() and len(pending) < backend.slots():
+            while not exhausted and not stop() and len(pending) < backend.slots():
                 item = next(queue, _END)
-                if item is _END:
-                    break
-                pending[backend.submit(function, item)] = item
-            if not pending:
+                exhausted = item is _END
+                if not exhausted:
+                    pending[backend.submit(function, item)] = item
+            if stop():
+                backend.stop()
+            here = self.dask is None and not exhausted and not stop()  # an item for us
+            if not pending and not here:
                 return
-            done = backend.finished(list(pending), wait=not helping)
-            helping = helping and not done
-            for future in done:
+            for future in backend.finished(list(pending), wait=not here) if pending else ():
                 item = pending.pop(future)
                 try:
                     result = backend.result(future)
@@ -149,16 +151,20 @@ class PairPool:
                     if lost is None:
                         raise
                     result = lost(item, error)
-                yield item, result
-            if helping and not stop():
+                if result is not _Skipped:
+                    yield item, result
+            if here:
                 item = next(queue, _END)
-                if item is _END:
-                    helping = False  # nothing left to take: wait for the workers
-                else:
+                exhausted = item is _END
+                if not exhausted:
                     yield item, function(self.state, item)
 
 
 _END = object()
+
+
+class _Skipped:
+    """What a worker returns for an item it did not start: the pool was stopped."""
 
 
 # --------------------------------------------------------------------------- worker processes
@@ -167,9 +173,11 @@ _worker: dict = {}  # in a worker: its state (and, on a Dask worker, the digest 
 _worker_lock = threading.Lock()
 
 
-def _start_worker(payload: bytes, threads: int, scratch: str, parent: int) -> None:
+def _start_worker(payload: bytes, threads: int, scratch: str, parent: int, stopped) -> None:
     """Process initializer: signals left to the parent, thread counts, temporary folder, a
-    watch on the parent, then the state, unpickled once (the model loads here)."""
+    watch on the parent, the pool's stop event, then the state, unpickled once (the model
+    loads here)."""
+    _worker["stopped"] = stopped
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     for name in THREAD_VARIABLES:
@@ -201,6 +209,8 @@ def in_worker() -> bool:
 
 
 def _call(function: Callable, item):
+    if _worker["stopped"].is_set():
+        return _Skipped
     if "error" in _worker:
         raise _worker["error"]
     return function(_worker["state"], item)
@@ -209,22 +219,27 @@ def _call(function: Callable, item):
 class _Processes:
     """Worker processes of this machine (module notes)."""
 
-    def __init__(self, state, workers: int):
-        self.workers = workers
+    def __init__(self, state, processes: int):
+        self.processes = processes
         self.payload = pickle.dumps(state)
         self.scratch = tempfile.mkdtemp(prefix="fire-reg-workers-")
         self.others = {child.pid for child in multiprocessing.active_children()}
+        self.context = multiprocessing.get_context("spawn")
+        self.stopped = self.context.Event()
         self.executor = self._start()
 
     def _start(self) -> futures.ProcessPoolExecutor:
-        threads = max(1, default_workers() // self.workers)
+        threads = max(1, default_workers() // (self.processes + 1))
         return futures.ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker,
-            initargs=(self.payload, threads, self.scratch, os.getpid()))
+            self.processes, mp_context=self.context, initializer=_start_worker,
+            initargs=(self.payload, threads, self.scratch, os.getpid(), self.stopped))
 
     def slots(self) -> int:
-        return self.workers
+        return 2 * self.processes
+
+    def stop(self) -> None:
+        """Workers skip the items they have not started."""
+        self.stopped.set()
 
     def submit(self, function: Callable, item) -> futures.Future:
         try:
@@ -281,13 +296,20 @@ class _Cluster:
         except (OSError, TimeoutError, ValueError) as error:
             raise InputError("--dask", f"cannot reach a Dask scheduler at {address!r} "
                                        f"({type(error).__name__}: {error})") from None
-        payload = pickle.dumps(state)
-        self.digest = hashlib.sha256(payload).hexdigest()
-        self.payload = self.client.scatter(payload, broadcast=True, hash=False)
+        try:
+            payload = pickle.dumps(state)
+            self.digest = hashlib.sha256(payload).hexdigest()
+            self.payload = self.client.scatter(payload, broadcast=True, hash=False)
+        except BaseException:
+            self.client.close()
+            raise
         self.pending: list = []
 
     def slots(self) -> int:
         return max(1, sum(self.client.nthreads().values()))
+
+    def stop(self) -> None:
+        """Nothing waits on a Dask worker: one item per thread is sent."""
 
     def submit(self, function: Callable, item):
         future = self.client.submit(_dask_call, self.payload, self.digest, function, item,
