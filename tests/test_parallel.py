@@ -135,13 +135,17 @@ def test_an_exception_here_drops_the_items_in_flight_at_once(private_tmp):
 
 
 def test_workers_end_when_their_parent_is_killed(tmp_path):
-    """A batch killed outright (SIGKILL) leaves no worker process behind."""
+    """A batch killed outright (SIGKILL) leaves no worker process and no temporary folder
+    behind."""
     script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
               "from fire_reg.register.pool import PairPool\n"
               "import test_parallel\n"
               f"with PairPool({str(tmp_path)!r}, workers=3) as pool:\n"  # 2 processes
               "    list(pool.map(test_parallel.pid_then_sleep, range(4)))\n")
-    parent = subprocess.Popen([sys.executable, "-c", script])
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    parent = subprocess.Popen([sys.executable, "-c", script],
+                              env={**os.environ, "TMPDIR": str(temp)})
     deadline = time.monotonic() + 120
     while len(list(tmp_path.glob("*.pid"))) < 2:
         assert parent.poll() is None and time.monotonic() < deadline
@@ -154,6 +158,7 @@ def test_workers_end_when_their_parent_is_killed(tmp_path):
     while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(alive(pid) for pid in workers)
+    assert not list(temp.iterdir())  # the workers' scratch folder
 
 
 # --------------------------------------------------------------------------- prepared images

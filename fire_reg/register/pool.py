@@ -183,7 +183,7 @@ def _start_worker(payload: bytes, threads: int, scratch: str, parent: int, stopp
     for name in THREAD_VARIABLES:
         os.environ.setdefault(name, str(threads))
     os.environ["TMPDIR"] = tempfile.tempdir = scratch
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
+    threading.Thread(target=_watch_parent, args=(parent, scratch), daemon=True,
                      name="fire-reg-parent-watch").start()
     import cv2
 
@@ -195,10 +195,12 @@ def _start_worker(payload: bytes, threads: int, scratch: str, parent: int, stopp
                                             f"{type(error).__name__}: {error}")
 
 
-def _watch_parent(parent: int) -> None:
-    """End this worker once its parent is gone (killed outright: nobody will ask for more)."""
+def _watch_parent(parent: int, scratch: str) -> None:
+    """End this worker once its parent is gone (killed outright: nobody will ask for more,
+    nor remove the workers' temporary folder: the first worker to notice does)."""
     while os.getppid() == parent:
         time.sleep(1.0)
+    shutil.rmtree(scratch, ignore_errors=True)
     os._exit(1)
 
 
