@@ -5,8 +5,10 @@ Every field comes with its canvas transform (canvas px -> field px, the schema d
 Each field is warped only into its own footprint (a region of interest of the canvas), its
 field of view eroded by :data:`EDGE_PX` so that the dark rim of the aperture never shows.
 Exposure is equalised with OpenCV's block gain compensator per channel
-(``cv2.detail.ExposureCompensator_CHANNELS_BLOCKS``: vignetting and illumination differ
-between fields), then the fields are blended with OpenCV's multiband blender (``multiband``,
+(``cv2.detail_BlocksChannelsCompensator``: vignetting and illumination differ between fields),
+its blocks :data:`BLOCKS_ACROSS` to the canvas side (OpenCV's default 32 px blocks make its
+cost grow with the square of the block count: 1.8 s against 0.26 s on a 1100 px canvas of
+five fields, the gains differing by 0.7 grey levels on average), then the fields are blended with OpenCV's multiband blender (``multiband``,
 default) or its feather blender (``feather``), in colour.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fire_reg.geometry.transforms import Transform
 
 BLENDS = ("multiband", "feather")
 EDGE_PX = 3  # field-of-view erosion before blending, canvas px
+BLOCKS_ACROSS = 16  # exposure blocks along the canvas' longer side (at least 32 px each)
 
 
 @dataclass
@@ -58,8 +61,8 @@ def warp_field(image, fov, transform: Transform, box) -> Warped:
 def blend(fields: list[Warped], canvas_size, how: str = "multiband") -> np.ndarray:
     """Exposure-compensated, blended BGR uint8 picture of the canvas (black where no field)."""
     corners = [field.corner for field in fields]
-    compensator = cv2.detail.ExposureCompensator_createDefault(
-        cv2.detail.ExposureCompensator_CHANNELS_BLOCKS)
+    block = max(32, int(max(canvas_size)) // BLOCKS_ACROSS)
+    compensator = cv2.detail_BlocksChannelsCompensator(block, block, 1)
     compensator.feed(corners=corners, images=[cv2.UMat(f.image) for f in fields],
                      masks=[cv2.UMat(f.mask) for f in fields])
     if how == "multiband":

@@ -341,6 +341,15 @@ class _Graph:
         self.fields, self.registrar, self.config = fields, registrar, config
         self.registrations: dict[tuple[int, int], Registration] = {}
         self.edges: list[solve.Edge] = []
+        self._prepared: dict[int, object] = {}
+
+    def prepared(self, k: int):
+        """Field k made ready once for all its pairs (``Registrar.prepare``: modality and
+        vessel map; the same result as registering the image itself)."""
+        if k not in self._prepared:
+            field = self.fields[k]
+            self._prepared[k] = self.registrar.prepare(field.image, mask=field.fov)
+        return self._prepared[k]
 
     def register(self, a: int, b: int) -> bool:
         """Register field b (moving) onto field a (fixed), once; True when trusted."""
@@ -348,7 +357,7 @@ class _Graph:
             return False
         fa, fb = self.fields[a], self.fields[b]
         try:
-            result = self.registrar.register(fa.image, fb.image, fa.fov, fb.fov)
+            result = self.registrar.register(self.prepared(a), self.prepared(b))
             result = result.rescaled(1 / np.asarray(fa.scale), 1 / np.asarray(fb.scale),
                                      fa.size, fb.size)
         except Exception as error:  # one pair's crash is that pair's failure
