@@ -5,7 +5,11 @@ Pair consistency: for every ground-truth correspondence (p_a, p_b) of two placed
 |T_a(T_b^-1(p_b)) - p_a| in FIRE-equivalent px (x 2912 / field width), with T_k the
 field's mosaic.json transform (canvas px -> field px); a pair's figure is its mean.
 
-    .venv/bin/python benchmarks/run_mosaic.py [--out out/bench_mosaic] [--width 768]
+Time: the joint montage's wall-clock seconds (``MosaicResult.seconds``, per stage with
+``--stages``) and the CPU seconds of this process over it (all threads): the machine's 2 cores
+are shared, so the wall clock depends on the load (printed at the start and the end).
+
+    .venv/bin/python benchmarks/run_mosaic.py [--out out/bench_mosaic] [--width 768] [--stages]
 """
 import argparse
 import os
@@ -38,11 +42,13 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="out/bench_mosaic")
     parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--stages", action="store_true", help="print the seconds per stage")
     args = parser.parse_args()
     registrar = Registrar()
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
           f"fields {args.width} px wide")
-    print("set     fields placed pairs reg  | tree: median worst | joint: median worst | s (joint)")
+    print("set     fields placed pairs reg  | tree: median worst | joint: median worst | "
+          "s (joint) | cpu s")
     rows = []
     for fields, seed in SETS:
         folder = Path(args.out) / f"set_{fields}_{seed}"
@@ -50,17 +56,21 @@ def main():
         paths = [folder / f["image"] for f in summary["fields"]]
         figures = {}
         for placement in ("tree", "joint"):
+            cpu = time.process_time()
             result = Mosaic(registrar, placement=placement).build(paths)
+            cpu = time.process_time() - cpu
             errors = consistency(result, summary)
             figures[placement] = (np.median(errors), max(errors), result)
         result = figures["joint"][2]
         placed = sum(p.status == "placed" for p in result.placements)
         rows.append((fields, placed, figures["tree"][:2], figures["joint"][:2],
-                     result.seconds["total"]))
+                     result.seconds["total"], cpu))
         print(f"{seed:<7} {fields:>6} {placed:>6} {len(result.registrations):>3}/"
               f"{fields * (fields - 1) // 2:<4}  | {figures['tree'][0]:12.2f} "
               f"{figures['tree'][1]:5.2f} | {figures['joint'][0]:13.2f} {figures['joint'][1]:5.2f}"
-              f" | {result.seconds['total']:.2f}")
+              f" | {result.seconds['total']:9.2f} | {cpu:5.2f}")
+        if args.stages:
+            print("        " + ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items()))
         if seed == SETS[0][1]:
             result.write(Path(args.out) / "example")
     for name, index in (("tree", 2), ("joint", 3)):
@@ -69,9 +79,10 @@ def main():
         print(f"{name}: median of set medians {np.median(medians):.2f} FIRE px, worst pair "
               f"{max(worsts):.2f} FIRE px")
     five = [row[4] for row in rows if row[0] == 5]
+    five_cpu = [row[5] for row in rows if row[0] == 5]
     print(f"every field placed: {all(row[0] == row[1] for row in rows)}; 5-field montage "
-          f"{np.median(five):.2f} s median ({max(five):.2f} s max); load average now "
-          f"{os.getloadavg()[0]:.1f}")
+          f"{np.median(five):.2f} s median ({max(five):.2f} s max), CPU {np.median(five_cpu):.2f}"
+          f" s median; load average now {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

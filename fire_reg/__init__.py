@@ -11,7 +11,8 @@ FIRE-layout set's geometry beside the real FIRE's), ``export_model``,
 ``FireDataset``, ``DatasetCreator``,
 ``PrepareConfig``, ``MotionRange``, ``Trainer``, ``TrainConfig``, ``AugmentConfig``,
 ``NetworkConfig``, ``VesselMapSettings``, ``Tester``, ``build_model``, ``load_model`` (a
-``.keras`` file with its ``ModelSettings``), ``make_embedded_set``.
+``.keras`` file with its ``ModelSettings``), ``make_embedded_set``, ``Mosaic`` (montages)
+and ``make_field_set`` (multi-field sets of one retina with exact ground truth).
 Matrices map fixed-image pixels to moving-image pixels (see docs/conventions.md).
 
 ``fire_reg.load_model(path)`` is the way to load a fire-reg ``.keras`` file: it returns the
@@ -39,7 +40,7 @@ _EXPORTS = {
     "VesselMapSettings": "fire_reg.imaging.vessels", "Tester": "fire_reg.evaluate.tester",
     "build_model": "fire_reg.learn.network", "load_model": "fire_reg.learn.bundle",
     "ModelSettings": "fire_reg.learn.settings", "make_embedded_set": "fire_reg.data.embedded",
-    "Mosaic": "fire_reg.montage.mosaic",
+    "Mosaic": "fire_reg.montage.mosaic", "make_field_set": "fire_reg.data.fields",
 }
 __all__ = sorted(_EXPORTS)
 

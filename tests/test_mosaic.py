@@ -8,7 +8,7 @@ import pytest
 
 from fire_reg.cli.commands import main
 from fire_reg.data.fields import field_map, make_field_set
-from fire_reg.geometry.transforms import Affine
+from fire_reg.geometry.transforms import Affine, transform_from_dict
 from fire_reg.io.errors import InputError
 from fire_reg.montage import solve
 
@@ -76,9 +76,30 @@ def test_joint_solution_closes_loops_better_than_the_tree():
     assert np.abs(solve.apply(joint[1], domains[1]) - solve.apply(truth, domains[1])).max() < 4
 
 
+def test_canvas_transforms_reproduce_the_placement():
+    """The inverse of a field's quadratic placement is no quadratic: the stored canvas ->
+    field transform must still map every canvas point back onto its field point."""
+    rng = np.random.default_rng(1)
+    domain = rng.uniform(0, 400, (500, 2))
+    curved = np.array([[30.0, 0.95, 0.08, 1e-4, -7e-5, 5e-5],  # a ring field's curvature
+                       [-20.0, -0.07, 1.02, -5e-5, 7e-5, 1e-4]])
+    offset = np.array([-50.0, -40.0])
+    transforms = solve.canvas_transforms({0: solve.IDENTITY.copy(), 1: curved}, [domain, domain],
+                                         offset, 0.5)
+    for k, coefficients in ((0, solve.IDENTITY), (1, curved)):
+        canvas = 0.5 * (solve.apply(coefficients, domain) - offset)
+        assert np.abs(transforms[k].fixed_to_moving(canvas) - domain).max() < 0.02
+        assert np.abs(transforms[k].moving_to_fixed(domain) - canvas).max() < 0.02
+        assert transforms[k].inverse_error(canvas) < 1e-4  # the two directions agree
+    canvas = 0.5 * (solve.apply(curved, domain) - offset)
+    quadratic = solve.fit_quadratic(canvas, domain)
+    assert np.abs(solve.apply(quadratic, canvas) - domain).max() > 0.15  # a quadratic would leave
+
+
 @pytest.fixture(scope="module")
 def montage(field_set, tmp_path_factory):
     from fire_reg.montage.mosaic import Mosaic
+    from fire_reg.register.registrar import Registrar
     from skimage import data
 
     folder, summary = field_set
@@ -89,7 +110,16 @@ def montage(field_set, tmp_path_factory):
     cv2.imwrite(str(extra / "other_eye.png"), other_eye)
     paths = ([extra / "astronaut.png"] + [folder / f["image"] for f in summary["fields"]]
              + [extra / "other_eye.png"])
-    result = Mosaic().build(paths)
+    registrar = Registrar()
+    prepared, prepare = [], registrar.prepare
+
+    def counting_prepare(image, *args, **kwargs):
+        prepared.append(image.shape)
+        return prepare(image, *args, **kwargs)
+
+    registrar.prepare = counting_prepare
+    result = Mosaic(registrar).build(paths)
+    assert len(prepared) == len(paths)  # each field prepared once for all its pairs
     return paths, summary, result
 
 
@@ -116,7 +146,10 @@ def test_montage_places_every_field_and_leaves_foreign_ones_out(montage, tmp_pat
     assert record["canvas"] == list(result.canvas_size)
     assert [image["status"] for image in record["images"]] == statuses
     placed = record["images"][1]
-    assert placed["transform"]["model"] == "quadratic"
+    assert placed["transform"]["model"] == "local"  # the inverse of a quadratic placement
+    probe = np.array([[100.0, 120.0], [200.0, 180.0]])
+    assert np.allclose(transform_from_dict(placed["transform"]).moving_to_fixed(probe),
+                       transforms[1].moving_to_fixed(probe), atol=1e-3)
     assert record["images"][0]["transform"] is None and record["images"][0]["reason"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         ["mosaic.png", "coverage.png", "pairs.json", "report.md", "mosaic.json"])

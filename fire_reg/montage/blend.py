@@ -7,9 +7,10 @@ field of view eroded by :data:`EDGE_PX` so that the dark rim of the aperture nev
 Exposure is equalised with OpenCV's block gain compensator per channel
 (``cv2.detail_BlocksChannelsCompensator``: vignetting and illumination differ between fields),
 its blocks :data:`BLOCKS_ACROSS` to the canvas side (OpenCV's default 32 px blocks make its
-cost grow with the square of the block count: 1.8 s against 0.26 s on a 1100 px canvas of
-five fields, the gains differing by 0.7 grey levels on average), then the fields are blended with OpenCV's multiband blender (``multiband``,
-default) or its feather blender (``feather``), in colour.
+cost grow with the square of the block count: 1.8 s against 0.26 s with 64 px blocks on a
+1100 px canvas of five fields, the gains 0.7 grey levels apart on average), then the fields are
+blended with OpenCV's multiband blender (``multiband``, default) or its feather blender
+(``feather``), in colour.
 """
 from __future__ import annotations
 
@@ -50,9 +51,10 @@ def warp_field(image, fov, transform: Transform, box) -> Warped:
     canvas box ``(x0, y0, x1, y1)``."""
     x0, y0, x1, y1 = box
     shifted = transform.composed(np.eye(3)[:2], np.array([[1.0, 0, -x0], [0, 1.0, -y0]]))
-    size = (x1 - x0, y1 - y0)
-    warped = shifted.warp(image, size)
-    mask = shifted.warp(fov.astype(np.uint8) * 255, size, order=0)
+    map_x, map_y = shifted.dense_map((x1 - x0, y1 - y0))  # once for the image and its mask
+    warped = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    mask = cv2.remap(fov.astype(np.uint8) * 255, map_x, map_y, cv2.INTER_NEAREST,
+                     borderMode=cv2.BORDER_CONSTANT)
     mask = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
                                                      (2 * EDGE_PX + 1, 2 * EDGE_PX + 1)))
     return Warped(np.ascontiguousarray(warped), mask, (int(x0), int(y0)))

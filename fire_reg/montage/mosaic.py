@@ -7,11 +7,12 @@ field's original pixels (the schema of docs/conventions.md); FIRE-equivalent px 
 
 Steps (:meth:`Mosaic.build`):
 
-1. **Which pairs** (not all N^2 at full cost): the first field (or ``reference``) is
-   registered with every other one; a field with no trusted pair yet is then tried against
-   the connected fields until one pair is trusted. With these pairs a spanning-tree
-   placement predicts the overlap of every pair not yet registered, and only pairs
-   predicted to overlap at least ``min_overlap`` are registered (the loop closures).
+1. **Which pairs** (not all N^2 at full cost): every field is prepared once for all its
+   pairs (``Registrar.prepare``: modality and vessel map); the first field (or
+   ``reference``) is registered with every other one; a field with no trusted pair yet is
+   then tried against the connected fields until one pair is trusted. With these pairs a
+   spanning-tree placement predicts the overlap of every pair not yet registered, and only
+   pairs predicted to overlap at least ``min_overlap`` are registered (the loop closures).
 2. **Graph**: fields are nodes, pairs with status ``ok`` edges. Fields outside the largest
    connected group are left out with a reason (no trusted pair, or only with other
    left-out fields): a field of another eye or a non-retinal picture is never forced in.
@@ -20,7 +21,9 @@ Steps (:meth:`Mosaic.build`):
    error) gives every field's start, then the joint least squares over the correspondences
    of every trusted pair (``placement="joint"``; ``"tree"`` keeps the spanning tree). A pair
    that disagrees with the joint placement by more than ``max_residual`` FIRE px is dropped
-   and the placement solved again (when the graph stays connected).
+   and the placement solved again (when the graph stays connected). Each field's
+   transform is stored as a ``local`` transform (quadratic plus B-spline grid) fitted to the
+   inverse of its placement, which is not a quadratic (:func:`solve.canvas_transforms`).
 4. **Canvas and blending** (:mod:`fire_reg.montage.blend`): the bounding box of all placed
    fields in reference px, scaled down to at most ``max_width`` px; exposure compensation
    and multiband (or feather) blending in colour.
@@ -41,7 +44,8 @@ from fire_reg.data.fire import FIRE_WIDTH
 from fire_reg.imaging.vessels import fov_mask
 from fire_reg.geometry.transforms import Quadratic
 from fire_reg.io.errors import InputError
-from fire_reg.io.images import IMAGE_SUFFIXES, image_size, read_for_width, write_image
+from fire_reg.io.images import (IMAGE_SUFFIXES, decode_reduction, image_size, read_for_width,
+                                write_image)
 from fire_reg.io.output import atomic_folder, write_json, write_text
 from fire_reg.montage import blend as blending
 from fire_reg.montage import solve
@@ -117,6 +121,16 @@ class Field:
         result = np.zeros(len(pixels), bool)
         result[ok] = self.fov[pixels[ok, 1], pixels[ok, 0]]
         return result
+
+    def at_width(self, width: int) -> tuple[np.ndarray, tuple[float, float], np.ndarray]:
+        """(BGR image, its scale, its field of view) decoded as for ``width`` px
+        (:func:`read_for_width`); the image already decoded when that is the same one (the
+        same decode reduction)."""
+        if decode_reduction(self.size[0], width) == round(self.size[0] / self.image.shape[1]):
+            return self.image, self.scale, self.fov
+        image, scale = read_for_width(self.path, width)
+        fov = fov_mask(image) if self.fov.mean() < 1.0 else np.ones(image.shape[:2], bool)
+        return image, scale, fov
 
     @property
     def fire_factor(self) -> float:
@@ -319,15 +333,12 @@ class Mosaic:
                                         round(estimate, 4)))
         warped = []
         for k in sorted(solution):
-            image, image_scale = read_for_width(fields[k].path,
-                                                int(np.ceil(fields[k].size[0] * scale)))
+            image, image_scale, fov = fields[k].at_width(int(np.ceil(fields[k].size[0] * scale)))
             to_image = np.diag([image_scale[0], image_scale[1], 1.0])[:2]
             transform = transforms[k].composed(to_image, np.eye(3)[:2])
             box = blending.footprint(transform, fields[k].outline * np.asarray(image_scale),
                                      canvas)
-            warped.append(blending.warp_field(image, fov_mask(image) if fields[k].fov.mean()
-                                              < 1.0 else np.ones(image.shape[:2], bool),
-                                              transform, box))
+            warped.append(blending.warp_field(image, fov, transform, box))
         labels = [f"{k + 1}" + (" (ref)" if k == ref else "") for k in sorted(solution)]
         return MosaicResult(canvas, scale, ref, placements, graph.registrations, residuals,
                             blending.blend(warped, canvas, self.config.blend),
