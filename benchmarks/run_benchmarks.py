@@ -179,8 +179,7 @@ def wrong_pairs(out: Path, drive: Path | None) -> dict:
     lines = ["id,fixed,moving"] + [f"{a}_vs_{b},{a}.png,{b}.png" for a, b in rows]
     (folder / "pairs.csv").write_text("\n".join(lines) + "\n")
     batch = register_batch(folder / "pairs.csv", out / "wrong_batch")
-    statuses = [entry["status"] for entry in batch["pairs"].values()]
-    return {status: statuses.count(status) for status in ("ok", "suspect", "failed")}
+    return {status: batch["counts"][status] for status in ("ok", "suspect", "failed", "error")}
 
 
 def single_register_seconds(fixed: Path, moving: Path, out: Path, repeats: int = 3) -> float:
@@ -341,7 +340,7 @@ def main() -> None:
             args.p01 / "Images" / "P01_1.jpg", args.p01 / "Images" / "P01_2.jpg", out / "single_p01")
     start = time.perf_counter()
     batch = register_batch(out / "curved_embedded", out / "batch")
-    figures["register_batch_pairs_per_second"] = len(batch["pairs"]) / (time.perf_counter() - start)
+    figures["register_batch_pairs_per_second"] = len(batch["rows"]) / (time.perf_counter() - start)
     fire_reg("prepare", "--fire", out / "curved_embedded", "--out", out / "shards",
              "--per-pair", "32")
     figures["training_samples_per_second"] = training_throughput(out / "shards")
