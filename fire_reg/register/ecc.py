@@ -81,7 +81,8 @@ def ecc_on_maps(maps: VesselMaps, init_matrix, options: EccOptions = EccOptions(
     one's result. Fails (matrix None, with the reason) when OpenCV does not converge or the
     final correlation is below :data:`MIN_ECC_CORRELATION`.
     """
-    fixed_levels = _ecc_pyramid(maps.fixed, maps.fixed_fov, options.levels)
+    fixed_levels = maps.fixed_derived(("ecc pyramid", options.levels), lambda: _ecc_pyramid(
+        maps.fixed, maps.fixed_fov, options.levels))
     moving_levels = _ecc_pyramid(maps.moving, maps.moving_fov, options.levels)
     criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, options.iterations,
                 options.epsilon)

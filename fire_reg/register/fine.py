@@ -158,25 +158,37 @@ def match_tiles(maps: VesselMaps, transform: transforms.Transform, radius: int,
     step = max(4, int(round(options.step * unit)))
     radius = max(2, int(round(radius * unit)))
     warped, warped_fov = maps.warped(transform)
-    height, width = maps.fixed.shape
-    # per-tile share of the common field of view and mean vessel value, from integral images
+    # the tiles with vessel content (the fixed map's alone: kept with it), then those wholly
+    # inside the common field of view, from integral images
+    ys, xs = maps.fixed_derived(("vessel tiles", tile, step, radius, options.min_content),
+                                lambda: _vessel_tiles(maps.fixed, tile, step, radius,
+                                                      options.min_content))
     common = cv2.integral((maps.fixed_fov & warped_fov).astype(np.uint8))
-    content = cv2.integral(maps.fixed.astype(np.float64))
-    ys, xs = np.mgrid[radius:height - tile - radius:step, radius:width - tile - radius:step]
-    ys, xs = ys.ravel(), xs.ravel()
-
-    def tile_sum(table):
-        return (table[ys + tile, xs + tile] - table[ys, xs + tile] - table[ys + tile, xs]
-                + table[ys, xs])
-
-    usable = (tile_sum(common) == tile * tile) & (tile_sum(content) >= options.min_content
-                                                  * tile * tile)
+    usable = _tile_sums(common, ys, xs, tile) == tile * tile
     corners = np.stack([ys[usable], xs[usable]], axis=1)
     chunks = np.array_split(corners, max(1, min(len(corners) // 64, _WORKERS)))
     found = list(_pool().map(lambda chunk: _match_chunk(maps.fixed, warped, chunk, tile, radius,
                                                         options.min_score), chunks))
     centres, offsets, scores = (np.concatenate(parts) for parts in zip(*found))
     return Matches(centres, transform.fixed_to_moving(centres + offsets), scores)
+
+
+def _tile_sums(table: np.ndarray, ys, xs, tile: int) -> np.ndarray:
+    """Sums over the ``tile`` px squares with top-left corners (``ys``, ``xs``), from the
+    integral image ``table`` (:func:`cv2.integral`)."""
+    return table[ys + tile, xs + tile] - table[ys, xs + tile] - table[ys + tile, xs] + table[ys, xs]
+
+
+def _vessel_tiles(fixed: np.ndarray, tile: int, step: int, radius: int, min_content: float):
+    """(ys, xs): top-left corners of the ``tile`` px tiles of the fixed map on a ``step`` px
+    grid, ``radius`` px clear of its edges, whose mean vessel value is at least
+    ``min_content``."""
+    height, width = fixed.shape
+    ys, xs = np.mgrid[radius:height - tile - radius:step, radius:width - tile - radius:step]
+    ys, xs = ys.ravel(), xs.ravel()
+    content = _tile_sums(cv2.integral(fixed.astype(np.float64)), ys, xs, tile)
+    keep = content >= min_content * tile * tile
+    return ys[keep], xs[keep]
 
 
 def _match_chunk(fixed, warped, corners, tile: int, radius: int, min_score: float):

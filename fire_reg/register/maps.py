@@ -2,7 +2,8 @@
 pool of the fine stage.
 
 :class:`VesselMaps` holds both maps, their fields of view and scales, warps the moving map
-through a transform (cached), and measures alignment; every transform here goes **fixed px ->
+through a transform (cached), measures alignment, and keeps what depends on the fixed map alone
+(:meth:`VesselMaps.fixed_derived`); every transform here goes **fixed px ->
 moving px** in map pixels (:mod:`fire_reg.geometry`); similarity measures come from
 :mod:`fire_reg.imaging.similarity`. :class:`ImageMap` is one image's map;
 :class:`PreparedImage` is an image with its modality and maps made once
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fire_reg.geometry import transforms
+from fire_reg.io.images import Decoded, decode
 from fire_reg.imaging import similarity as measures
 from fire_reg.imaging import vessels
 
@@ -36,14 +38,29 @@ def _pool() -> ThreadPoolExecutor:
 os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
+def _read_only(value, inputs=()):
+    """``value`` with its arrays (also inside tuples and lists) made read-only, but for the
+    arrays ``inputs`` it holds as they are."""
+    if isinstance(value, np.ndarray):
+        if not any(value is array for array in inputs):
+            value.flags.writeable = False
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            _read_only(item, inputs)
+    return value
+
+
 @dataclass(frozen=True, eq=False)
 class ImageMap:
     """One image's vessel map (float32 in [0, 1]), field of view (bool) and scale (sx, sy):
-    map px per px of the image it was made from (:func:`fire_reg.imaging.vessels.vessel_map`)."""
+    map px per px of the image it was made from (:func:`fire_reg.imaging.vessels.vessel_map`).
+    ``derived``: what the registration derives from this map alone as a fixed image
+    (:meth:`VesselMaps.fixed_derived`), kept with the map."""
 
     map: np.ndarray
     fov: np.ndarray
     scale: tuple[float, float]
+    derived: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, image, settings: vessels.VesselMapSettings, mask=None,
@@ -63,8 +80,11 @@ class PreparedImage:
     (``modality_given``) or detected; ``size``: (W, H) px of the original image (the file's);
     ``decode_scale``: (sx, sy) px of ``image`` per original px ((1, 1) unless decoded
     smaller); ``path``: the file it was read from, or None. Its maps are made on first use
-    for each (settings, polarity) and kept (:meth:`image_map`); :attr:`map`, :attr:`fov` and
-    :attr:`scale` are those of the registrar that prepared it.
+    for each (settings, polarity) and kept (:meth:`image_map`), each with what the pairs
+    derive from it as their fixed map (:attr:`ImageMap.derived`: the network's letterboxed
+    input, the ECC pyramid, the fine stage's tile grid); :attr:`map`, :attr:`fov` and
+    :attr:`scale` are those of the registrar that prepared it. :meth:`decoded`: the file
+    decoded at full size for the pictures of each pair, read once.
     """
 
     image: np.ndarray
@@ -77,6 +97,7 @@ class PreparedImage:
     decode_scale: tuple[float, float] = (1.0, 1.0)
     path: str | None = None
     _maps: dict = field(default_factory=dict, repr=False)
+    _decoded: Decoded | None = field(default=None, repr=False)
 
     def image_map(self, settings: vessels.VesselMapSettings | None = None,
                   polarity: str | None = None) -> ImageMap:
@@ -86,6 +107,18 @@ class PreparedImage:
         if key not in self._maps:
             self._maps[key] = ImageMap.of(self.image, key[0], self.mask, key[1])
         return self._maps[key]
+
+    def decoded(self) -> Decoded:
+        """The file at ``path`` decoded at full size (:func:`fire_reg.io.images.decode`, as
+        :func:`fire_reg.register.result.write_files` reads an image), once and kept, its
+        pixels read-only. ValueError for an image prepared from pixels (no file)."""
+        if self.path is None:
+            raise ValueError("this image was prepared from pixels, not read from a file")
+        if self._decoded is None:
+            decoded = decode(self.path)
+            _read_only(decoded.pixels)
+            self._decoded = decoded
+        return self._decoded
 
     @property
     def map(self) -> np.ndarray:
@@ -103,7 +136,9 @@ class PreparedImage:
 @dataclass
 class VesselMaps:
     """Vessel maps (float32 in [0, 1]) and fields of view (bool) of a pair at one working
-    width, with the per-axis scales (map px per original px) of each image."""
+    width, with the per-axis scales (map px per original px) of each image. ``fixed_cache``:
+    what :meth:`fixed_derived` keeps (the fixed :class:`ImageMap`'s ``derived``: shared by
+    every pair of a prepared fixed image; a fresh one otherwise)."""
 
     fixed: np.ndarray
     fixed_fov: np.ndarray
@@ -112,6 +147,7 @@ class VesselMaps:
     fixed_scale: tuple[float, float]
     moving_scale: tuple[float, float]
     width: int
+    fixed_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def of(cls, fixed, moving, settings: vessels.VesselMapSettings, fixed_mask=None,
@@ -139,7 +175,19 @@ class VesselMaps:
     def of_maps(cls, fixed: ImageMap, moving: ImageMap, width: int) -> "VesselMaps":
         """The pair of two images' maps made at ``width`` px."""
         return cls(fixed.map, fixed.fov, moving.map, moving.fov, fixed.scale, moving.scale,
-                   width)
+                   width, fixed.derived)
+
+    def fixed_derived(self, key: tuple, make):
+        """``make()``, a value computed from the fixed map and field of view alone (and
+        ``key``, which names it and every parameter it depends on), made once per fixed
+        image map and kept in :attr:`fixed_cache`: a prepared fixed image computes it for its
+        first pair only, and every pair gets the very same value. The arrays it makes (also
+        inside tuples and lists) are made read-only."""
+        value = self.fixed_cache.get(key)
+        if value is None:
+            value = self.fixed_cache.setdefault(
+                key, _read_only(make(), (self.fixed, self.fixed_fov)))
+        return value
 
     @property
     def arrays(self):
@@ -202,15 +250,19 @@ class VesselMaps:
 
     def common_points(self, transform: transforms.Transform, step: int = 16) -> np.ndarray:
         """(N, 2) fixed-map points on a ``step`` px grid inside the common field of view."""
-        ys, xs = np.mgrid[0:self.fixed.shape[0]:step, 0:self.fixed.shape[1]:step]
-        points = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
-        points = points[self.fixed_fov[ys.ravel(), xs.ravel()]]
+        points = self.fixed_derived(("fov grid", step), lambda: self._fixed_grid(step))
         mapped = np.rint(transform.fixed_to_moving(points)).astype(int)
         height, width = self.moving_fov.shape
         inside = ((mapped[:, 0] >= 0) & (mapped[:, 0] < width) & (mapped[:, 1] >= 0)
                   & (mapped[:, 1] < height))
         inside[inside] = self.moving_fov[mapped[inside, 1], mapped[inside, 0]]
         return points[inside]
+
+    def _fixed_grid(self, step: int) -> np.ndarray:
+        """(N, 2) fixed-map points on a ``step`` px grid inside the fixed field of view."""
+        ys, xs = np.mgrid[0:self.fixed.shape[0]:step, 0:self.fixed.shape[1]:step]
+        points = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
+        return points[self.fixed_fov[ys.ravel(), xs.ravel()]]
 
 
 # --------------------------------------------------------------------------- ECC

@@ -178,7 +178,9 @@ class Registrar:
                 ) -> PreparedImage:
         """``image`` (BGR or gray) made ready once for many registrations, as the fixed or
         the moving image of :meth:`register`: its modality (``modality``, checked, else
-        detected) and its vessel map at this registrar's working width. A pair with a
+        detected) and its vessel map at this registrar's working width; as a fixed image,
+        what the pairs derive from that map alone is also made once, by the first pair
+        (:meth:`fire_reg.register.maps.VesselMaps.fixed_derived`). A pair with a
         prepared image gives the same result as with the image itself (``mask`` and
         ``modality`` given to ``register`` alike); its ``seconds`` leave the preparation out.
         ValueError for an unknown modality."""
@@ -300,9 +302,9 @@ class Registrar:
         size = self.size
         fixed_box = geometry.letterbox(maps.fixed_size, size)
         from_patch = np.linalg.inv(fixed_box)
-        fixed_in = geometry.resample(maps.fixed, from_patch, (size, size))
-        fixed_in_fov = geometry.resample(maps.fixed_fov.astype(np.float32), from_patch,
-                                        (size, size)) > 0.5
+        fixed_in, fixed_in_fov = maps.fixed_derived(("network input", size), lambda: (
+            geometry.resample(maps.fixed, from_patch, (size, size)),
+            geometry.resample(maps.fixed_fov.astype(np.float32), from_patch, (size, size)) > 0.5))
         estimate = geometry.pixel_from_letterboxed(geometry.identity(), maps.fixed_size,
                                                    maps.moving.shape[1::-1], size)
         similarity = -1.0

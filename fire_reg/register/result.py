@@ -193,6 +193,13 @@ def register_files(method, fixed_path, moving_path) -> Registration:
     return result.rescaled(1 / np.asarray(scales[0]), 1 / np.asarray(scales[1]), *sizes)
 
 
+def _decoded(image) -> tuple:
+    """(the full-size decode, the path) of an image file or of a prepared one's file."""
+    if isinstance(image, PreparedImage):
+        return image.decoded(), image.path
+    return decode(image), image
+
+
 OUTPUTS = ("transform.json", exports.TFM_NAME, exports.FIELD_NAME, "warped.png", "overlay.png")
 """Every file a result set can have; ``transform.json``, moved in last, marks a complete one."""
 
@@ -211,9 +218,11 @@ def write_files(out_dir, result: Registration, fixed_path, moving_path,
     full disk or a stop leaves the previous set or none, never part of one. A ``failed``
     result gets no ``warped.png`` (its transform is not to be trusted). ``fingerprint``: the
     run's settings fingerprint (:mod:`fire_reg.io.runs`), recorded in transform.json for
-    ``register --batch --resume``.
+    ``register --batch --resume``. Either image may be a
+    :class:`~fire_reg.register.maps.PreparedImage` read from its file (``prepare_file``): its
+    full-size decode is made once and reused by every pair it is part of.
     """
-    fixed, moving = decode(fixed_path), decode(moving_path)
+    (fixed, fixed_path), (moving, moving_path) = map(_decoded, (fixed_path, moving_path))
     record = result.to_json()
     record.update(fixed=str(fixed_path), moving=str(moving_path),
                   pixel_spacing_mm={"fixed": fixed.pixel_spacing_mm,
