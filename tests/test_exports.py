@@ -30,6 +30,18 @@ def homography():
     return transforms.Homography([[1.01, 0.02, 40.0], [-0.01, 0.99, -30.0], [4e-6, -2e-6, 1.0]])
 
 
+def local(size=SIZE):
+    """A local map (quadratic + smooth field, ~3 px) fitted on a 512 px working image and
+    rescaled to ``size``, as `register` returns one."""
+    rng = np.random.default_rng(3)
+    fixed = rng.uniform(0, 511, (600, 2))
+    moving = transforms.Quadratic.from_forward(FORWARD, fixed)(fixed) + 3.0 * np.sin(
+        fixed[:, ::-1] / 90.0)
+    base = transforms.fit_transform("quadratic", fixed, moving)
+    fitted = transforms.model_class("local").from_base(base, fixed, moving, extent=(512, 512))
+    return fitted.rescaled(size[0] / 512, size[1] / 512)
+
+
 def fixed_points(size=SIZE, count=400):
     """Random fixed points over the whole image, its four corners among them."""
     width, height = size
@@ -41,7 +53,8 @@ def itk_points(transform, points):
     return np.array([transform.TransformPoint(tuple(float(v) for v in p)) for p in points])
 
 
-@pytest.mark.parametrize("make", [quadratic, homography], ids=["quadratic", "homography"])
+@pytest.mark.parametrize("make", [quadratic, homography, local],
+                         ids=["quadratic", "homography", "local"])
 def test_displacement_field_maps_points_like_the_transform(make, tmp_path):
     transform = make()
     record = exports.write_exports(tmp_path, transform, SIZE)
@@ -53,8 +66,33 @@ def test_displacement_field_maps_points_like_the_transform(make, tmp_path):
     points = fixed_points()
     distance = np.linalg.norm(itk_points(field, points) - transform(points), axis=1)
     assert distance.max() < 0.05
-    _, spacing = exports.displacement_field(transform, SIZE)
+    _, spacing, error = exports.displacement_field(transform, SIZE)
     assert spacing > 1 and f"spacing {spacing} px" in record["written"][exports.FIELD_NAME]
+    assert error <= exports.FIELD_TOLERANCE_PX
+
+
+def test_a_local_map_made_on_a_working_image_exports_on_a_coarse_grid():
+    """A local map fitted on a 512 px working image and rescaled to the 1411 px original (as
+    `register` returns it) is smooth over the whole image, its edges included: its field
+    meets the tolerance on a coarse grid (a clamp inside the image once needed 1 px)."""
+    _, spacing, error = exports.displacement_field(local((1411, 1411)), (1411, 1411))
+    assert spacing >= 8 and error <= exports.FIELD_TOLERANCE_PX
+
+
+def test_a_map_no_grid_interpolates_is_written_at_the_finest_spacing_with_its_error(tmp_path):
+    """A map with a kink (a displacement clamped at x = 100.5 px) never meets the tolerance:
+    it is written at MIN_SPACING, and the record states the error measured, not 0.01."""
+    class Kinked(transforms.Affine):
+        def fixed_to_moving(self, points):
+            points = np.asarray(points, np.float64)
+            return points + np.stack([0.05 * np.minimum(points[:, 0], 100.5),
+                                      np.zeros(len(points))], axis=1)
+
+    kinked = Kinked(geometry.identity())
+    _, spacing, error = exports.displacement_field(kinked, (400, 300))
+    assert spacing == exports.MIN_SPACING and error > exports.FIELD_TOLERANCE_PX
+    text = exports.write_displacement_field(tmp_path / exports.FIELD_NAME, kinked, (400, 300))
+    assert f"spacing {exports.MIN_SPACING} px" in text and f"within {error:.3g} px" in text
 
 
 def test_affine_results_get_an_exact_tfm_and_no_field(tmp_path):

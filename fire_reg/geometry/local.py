@@ -310,11 +310,13 @@ class Evidence:
 
 
 def _span(extent, points, knots: int) -> Grid:
-    """A zero grid over the fixed image of ``extent`` = (W, H), or over the points' bounding
-    box when ``extent`` is None."""
+    """A zero grid over the fixed image of ``extent`` = (W, H) with 1 px to spare on each side
+    (so that the clamp stays outside the image also in another pixel grid: a map made on a
+    smaller working image and rescaled to the original moves the pixel centres by up to half
+    a px), or over the points' bounding box when ``extent`` is None."""
     if extent is None:
         return Grid.over(*_box(points), knots)
-    return Grid.over(np.zeros(2), np.asarray(extent, np.float64) - 1.0, knots)
+    return Grid.over(np.full(2, -1.0), np.asarray(extent, np.float64), knots)
 
 
 def _fitted_inverse(base: Transform, field: Grid, domain=None) -> tuple[np.ndarray, Grid]:

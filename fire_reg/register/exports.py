@@ -13,7 +13,9 @@ TIFF) physical points are fire-reg's pixel coordinates.
   ``d(p) = fixed_to_moving(p) - p``, on a grid of spacing ``s`` px and origin 0 that covers
   the whole fixed image; ``s`` is the largest power of two (at most 32 px) for which linear
   interpolation between the nodes stays within :data:`FIELD_TOLERANCE_PX` of the transform
-  (checked at the cell midpoints). Written through SimpleITK, an optional extra
+  (checked at the cell midpoints), but no finer than :data:`MIN_SPACING` px (a map with a
+  kink, which no grid interpolates to the tolerance, is written at that spacing and the
+  record states the largest interpolation error measured). Written through SimpleITK, an optional extra
   (``pip install 'fire-reg[itk]'``); without it the field is skipped and the record says so.
 
 :func:`write_exports` writes what applies and returns the ``"exports"`` record of
@@ -32,6 +34,8 @@ TFM_NAME = "transform.tfm"
 FIELD_NAME = "displacement.mha"
 FIELD_TOLERANCE_PX = 0.01
 MAX_SPACING = 32
+MIN_SPACING = 4
+"""Finest grid spacing (px): a field of one vector per 4 x 4 px, whatever the map."""
 ITK_EXTRA = "pip install 'fire-reg[itk]'"
 
 
@@ -49,39 +53,59 @@ def itk_affine_text(transform: transforms.Transform) -> str:
 
 
 def displacement_field(transform: transforms.Transform, fixed_size,
-                       tolerance: float = FIELD_TOLERANCE_PX) -> tuple[np.ndarray, int]:
-    """(field, spacing): ``field[j, i] = fixed_to_moving(p) - p`` (float64, px) at the grid
-    node ``p = (i * spacing, j * spacing)``; the grid covers the fixed image of ``fixed_size``
-    = (W, H) and ``spacing`` (px) is the largest power of two up to :data:`MAX_SPACING` whose
-    bilinear interpolation stays within ``tolerance`` px of the transform at the cell
-    midpoints."""
+                       tolerance: float = FIELD_TOLERANCE_PX) -> tuple[np.ndarray, int, float]:
+    """(field, spacing, error): ``field[j, i] = fixed_to_moving(p) - p`` (float64, px) at the
+    grid node ``p = (i * spacing, j * spacing)``; the grid covers the fixed image of
+    ``fixed_size`` = (W, H) (its last nodes may lie beyond the image: there the field
+    continues the transform's tangent at the nearest image point, so that the cells across
+    the edge interpolate what lies inside). ``spacing`` (px) is the largest power of two from
+    :data:`MAX_SPACING` down to :data:`MIN_SPACING` whose bilinear interpolation stays within
+    ``tolerance`` px of the transform at the cell midpoints inside the image (else
+    :data:`MIN_SPACING`); ``error``: that largest interpolation error (px)."""
     width, height = (int(v) for v in fixed_size)
+    last = np.array([width - 1, height - 1], np.float64)
     spacing = MAX_SPACING
     while True:
         columns = np.arange(-(-(width - 1) // spacing) + 1) * float(spacing)
         rows = np.arange(-(-(height - 1) // spacing) + 1) * float(spacing)
-        field = _displacements(transform, columns, rows)
-        if spacing == 1 or _interpolation_error(transform, field, columns, rows) <= tolerance:
-            return field, spacing
+        field = _displacements(transform, columns, rows, last)
+        error = _interpolation_error(transform, field, columns, rows, last)
+        if spacing <= MIN_SPACING or error <= tolerance:
+            return field, spacing, error
         spacing //= 2
 
 
-def _displacements(transform, columns, rows) -> np.ndarray:
+def _displacements(transform, columns, rows, last) -> np.ndarray:
+    """(rows, columns, 2) displacements at the grid nodes; a node beyond the image (whose last
+    pixel is ``last`` = (W - 1, H - 1)) gets the first-order extension of the transform from
+    the nearest image point."""
     xs, ys = np.meshgrid(columns, rows)
     points = np.stack([xs.ravel(), ys.ravel()], axis=1)
-    return (transform.fixed_to_moving(points) - points).reshape(len(rows), len(columns), 2)
+    inside = np.clip(points, 0.0, last)
+    displacements = transform.fixed_to_moving(inside) - inside
+    beyond = np.any(points != inside, axis=1)
+    if beyond.any():
+        step = (points - inside)[beyond]
+        slope = transform.jacobian(inside[beyond]) - np.eye(2)
+        displacements[beyond] += np.einsum("nij,nj->ni", slope, step)
+    return displacements.reshape(len(rows), len(columns), 2)
 
 
-def _interpolation_error(transform, field, columns, rows) -> float:
+def _interpolation_error(transform, field, columns, rows, last) -> float:
     """Largest distance (px) between the transform's displacement and the bilinear
-    interpolation of ``field`` at the midpoints of the grid's edges and cells."""
+    interpolation of ``field`` at the midpoints of the grid's edges and cells that lie in the
+    image (last pixel ``last``)."""
     middle_x, middle_y = (columns[:-1] + columns[1:]) / 2, (rows[:-1] + rows[1:]) / 2
     candidates = [(middle_x, rows, (field[:, :-1] + field[:, 1:]) / 2),
                   (columns, middle_y, (field[:-1] + field[1:]) / 2),
                   (middle_x, middle_y, (field[:-1, :-1] + field[:-1, 1:] + field[1:, :-1]
                                         + field[1:, 1:]) / 4)]
-    errors = [np.linalg.norm(_displacements(transform, xs, ys) - interpolated, axis=2).max()
-              for xs, ys, interpolated in candidates if len(xs) and len(ys)]
+    errors = []
+    for xs, ys, interpolated in candidates:
+        keep_x, keep_y = xs <= last[0], ys <= last[1]
+        if keep_x.any() and keep_y.any():
+            exact = _displacements(transform, xs[keep_x], ys[keep_y], last)
+            errors.append(np.linalg.norm(exact - interpolated[keep_y][:, keep_x], axis=2).max())
     return float(max(errors, default=0.0))
 
 
@@ -91,7 +115,7 @@ def write_displacement_field(path, transform: transforms.Transform, fixed_size) 
     the file holds, for the record."""
     import SimpleITK as sitk
 
-    field, spacing = displacement_field(transform, fixed_size)
+    field, spacing, error = displacement_field(transform, fixed_size)
     image = sitk.GetImageFromArray(field, isVector=True)  # (rows, columns, 2) -> size (W', H')
     image.SetSpacing((float(spacing), float(spacing)))
     image.SetOrigin((0.0, 0.0))
@@ -99,7 +123,8 @@ def write_displacement_field(path, transform: transforms.Transform, fixed_size) 
         sitk.WriteImage(image, str(tmp), True)
     return (f"ITK displacement field for DisplacementFieldTransform: d(p) = fixed_to_moving(p) "
             f"- p at fixed px p, grid spacing {spacing} px, origin 0, within "
-            f"{FIELD_TOLERANCE_PX} px of the {transform.model} (linear interpolation)")
+            f"{max(error, FIELD_TOLERANCE_PX):.3g} px of the {transform.model} (linear "
+            "interpolation)")
 
 
 def write_exports(out_dir, transform: transforms.Transform, fixed_size) -> dict:
