@@ -268,7 +268,8 @@ def register_row(job: Registering, item: tuple) -> dict:
     _, fixed, moving, folder, shared = item
     writes = not in_worker()
     try:
-        result = job.method.register_files(job.fixed_image(fixed, shared), moving)
+        fixed = job.fixed_image(fixed, shared)  # a shared reference: prepared, decoded once
+        result = job.method.register_files(fixed, moving)
         if writes:
             write_files(folder, result, fixed, moving, fingerprint=job.fingerprint)
             files = None
