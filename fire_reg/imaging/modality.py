@@ -50,7 +50,8 @@ class ModalityEvidence:
     ``bright_lines`` / ``dark_lines`` (line strength per unit of brightness of the
     strongest vessel-shaped structures brighter / darker than their surroundings),
     ``sharpness`` (fine over vessel-scale dark-line strength), ``aperture_share`` (share of
-    the frame inside the field of view) and the verdict."""
+    the frame inside the field of view) and the verdict. The three line measures are NaN for
+    a colour image (told by its chroma alone: they are not measured)."""
 
     modality: str
     chroma: float
@@ -92,12 +93,12 @@ def detect(image: np.ndarray, mask: np.ndarray | None = None) -> ModalityEvidenc
     if small.ndim == 3:
         channels = small[inside].astype(np.float32)
         chroma = float(np.mean(np.abs(channels - channels.mean(axis=1, keepdims=True))))
+    if chroma >= MIN_CHROMA:  # colour: the line measures, for grey images, are not needed
+        return ModalityEvidence("colour", chroma, np.nan, np.nan, np.nan, aperture_share)
     grey = small[..., 1] if small.ndim == 3 else small
     bright, dark = _line_strengths(grey, inside, VESSEL_SIGMA)
     sharpness = _line_strengths(grey, inside, 1.0)[1] / max(dark, 1e-12)
-    if chroma >= MIN_CHROMA:
-        modality = "colour"
-    elif bright > dark:
+    if bright > dark:
         modality = "fa"
     elif aperture_share >= MIN_APERTURE_SHARE or sharpness < MAX_IR_SHARPNESS:
         modality = "ir"
