@@ -255,7 +255,7 @@ def main() -> None:
     parser.add_argument("--transform", default="quadratic", help="--transform of every run")
     args = parser.parse_args()
     SETTINGS[:] = ["--transform", args.transform]
-    work = Path(args.out)
+    work = Path(args.out).resolve()  # absolute paths in the CSVs it writes
     work.mkdir(parents=True, exist_ok=True)
     figures = {"load_before": load(), "transform": args.transform}
     large = embedded(work / "set1411", "--per-image", "S10,P5,A5", "--seed", "1")
