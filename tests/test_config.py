@@ -57,6 +57,8 @@ def test_defaults_round_trip_through_json(cls):
     (EccOptions, {"levels": 0}, "levels", "at least 1"),
     (EccOptions, {"epsilon": 0}, "epsilon", "more than 0"),
     (EccOptions, {"gauss_filter_size": 4}, "gauss_filter_size", "must be odd"),
+    (EccOptions, {"levels": 2, "finest_level": 2}, "finest_level", "below levels (2)"),
+    (FineOptions, {"start_step": 0}, "start_step", "at least 1"),
     (FineOptions, {"radii": []}, "radii", "at least 1 whole number"),
     (FineOptions, {"radii": [8, 0]}, "radii", ">= 1"),
     (FineOptions, {"min_score": 1.5}, "min_score", "at most 1"),

@@ -80,6 +80,11 @@ def test_match_tiles_report_where_content_moved(retina):
     assert len(matches) > 50
     displacement = np.median(matches.moving - matches.fixed, axis=0)
     np.testing.assert_allclose(displacement, [3.0, -2.0], atol=0.15)
+    sparse = match_tiles(maps, transforms.Affine(geometry.identity()), radius=8, step=32)
+    assert len(matches) / 5 < len(sparse) < len(matches) / 3  # about every fourth tile
+    dense = {tuple(centre): found for centre, found in zip(matches.fixed, matches.moving)}
+    for centre, found in zip(sparse.fixed, sparse.moving):  # the same tiles, the same answers
+        np.testing.assert_allclose(found, dense[tuple(centre)])
 
 
 def test_ecc_refines_a_nearby_affine_start(retina):
@@ -94,6 +99,11 @@ def test_ecc_refines_a_nearby_affine_start(retina):
     assert outcome.matrix is not None, outcome.reason
     points = maps.common_points(truth)
     assert geometry.mean_point_distance(outcome.matrix, truth.matrix, points) < 0.5
+    # stopping at half the width: from 7 px off to within the fine stage's 4 px search
+    coarse = ecc_on_maps(maps, start, EccOptions(levels=2, finest_level=1))
+    assert coarse.matrix is not None, coarse.reason
+    assert geometry.mean_point_distance(coarse.matrix, truth.matrix, points) < 1.5
+    assert not np.allclose(coarse.matrix, outcome.matrix)  # the full width was not solved
     noise = np.random.default_rng(0).integers(0, 255, retina.shape, dtype=np.uint8)
     unrelated = VesselMaps.of(retina, noise, SETTINGS)
     assert ecc_on_maps(unrelated, start).matrix is None  # reported, not raised

@@ -25,12 +25,15 @@ MIN_ECC_CORRELATION = 0.2  # below it ECC "converged" on unrelated content
 class EccOptions(Config):
     """ECC settings: pyramid ``levels`` (each half the previous size), per-level
     ``iterations`` and convergence ``epsilon`` (OpenCV's criteria), Gaussian filter size
-    (px, odd). Checked on construction (FieldError naming the field)."""
+    (px, odd), and ``finest_level``: the last level solved (0: the maps themselves; 1: half
+    their width, for a start that a finer search takes over). Checked on construction
+    (FieldError naming the field)."""
 
     levels: int = 3
     iterations: int = 100
     epsilon: float = 1e-5
     gauss_filter_size: int = 5
+    finest_level: int = 0
 
     def __post_init__(self):
         self._integer("levels", low=1)
@@ -39,6 +42,10 @@ class EccOptions(Config):
         self._integer("gauss_filter_size", low=1)
         if self.gauss_filter_size % 2 == 0:
             raise FieldError("gauss_filter_size", f"must be odd, got {self.gauss_filter_size}")
+        self._integer("finest_level", low=0)
+        if self.finest_level >= self.levels:
+            raise FieldError("finest_level", f"must be below levels ({self.levels}), got "
+                                             f"{self.finest_level}")
 
 
 def _ecc_call(template, image, template_mask, image_mask, warp, criteria, gauss: int):
@@ -77,8 +84,8 @@ class EccOutcome:
 def ecc_on_maps(maps: VesselMaps, init_matrix, options: EccOptions = EccOptions()) -> EccOutcome:
     """Affine ECC between the maps of a pair from ``init_matrix`` (2x3, map px).
 
-    Coarse to fine over ``options.levels`` pyramid levels, each started from the previous
-    one's result. Fails (matrix None, with the reason) when OpenCV does not converge or the
+    Coarse to fine over ``options.levels`` pyramid levels down to ``options.finest_level``,
+    each started from the previous one's result; the matrix is in the maps' px throughout. Fails (matrix None, with the reason) when OpenCV does not converge or the
     final correlation is below :data:`MIN_ECC_CORRELATION`.
     """
     fixed_levels = maps.fixed_derived(("ecc pyramid", options.levels), lambda: _ecc_pyramid(
@@ -89,7 +96,7 @@ def ecc_on_maps(maps: VesselMaps, init_matrix, options: EccOptions = EccOptions(
     matrix = np.asarray(init_matrix, dtype=np.float64)[:2]  # finest-level px throughout
     rho = float("nan")
     step = geometry.as_3x3(geometry.PYRDOWN_STEP)
-    for level in range(options.levels - 1, -1, -1):
+    for level in range(options.levels - 1, options.finest_level - 1, -1):
         (fixed_small, fixed_mask), (moving_small, moving_mask) = \
             fixed_levels[level], moving_levels[level]
         to_level = np.linalg.matrix_power(step, level)  # finest px -> this level's px

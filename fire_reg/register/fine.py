@@ -34,9 +34,11 @@ class FineOptions(Config):
     """Settings of :func:`fine_stage`; lengths in px of maps ``reference_width`` px wide
     (scaled with the actual map width). Checked on construction (FieldError naming the field).
 
-    ``tile``: side of the matched tiles; ``step``: their spacing; ``radii``: search radius of
-    each pass (one pass per entry); ``min_score``: lowest accepted normalised correlation;
-    ``min_content``: lowest mean vessel value of a tile; ``trim``: residuals above ``trim`` x
+    ``tile``: side of the matched tiles; ``step``: their spacing in the last pass,
+    ``start_step`` in the passes before it (their fit is only the start the last pass refines:
+    a quarter of the tiles); ``radii``: search radius of each pass (one pass per entry; the
+    last one wide enough for a curved retina's departure from the first pass's quadratic);
+    ``min_score``: lowest accepted normalised correlation; ``min_content``: lowest mean vessel value of a tile; ``trim``: residuals above ``trim`` x
     the robust sigma (and above ``min_trim_px``) are outliers; ``min_inliers``: overrides,
     per model (registered names, ``transforms.model_names()``), of the inliers its fit needs
     (default: each model's own ``min_inliers``: quadratic 24, homography 12, affine 6);
@@ -58,7 +60,8 @@ class FineOptions(Config):
     reference_width: int = 512
     tile: int = 32
     step: int = 16
-    radii: tuple[int, ...] = (8, 3)
+    start_step: int = 32
+    radii: tuple[int, ...] = (8, 4)
     min_score: float = 0.5
     min_content: float = 0.04
     trim: float = 2.5
@@ -77,6 +80,7 @@ class FineOptions(Config):
         self._integer("reference_width", low=16)
         self._integer("tile", low=4)
         self._integer("step", low=1)
+        self._integer("start_step", low=1)
         self._integers("radii", low=1)
         self._number("min_score", low=-1, high=1)
         self._number("min_content", low=0)
@@ -146,8 +150,9 @@ def _subpixel(scores: np.ndarray, row: int, col: int) -> tuple[float, float]:
 
 
 def match_tiles(maps: VesselMaps, transform: transforms.Transform, radius: int,
-                options: FineOptions = FineOptions()) -> Matches:
-    """Match tiles of the fixed map in the moving map warped by ``transform`` (map px).
+                options: FineOptions = FineOptions(), step: int | None = None) -> Matches:
+    """Match tiles of the fixed map in the moving map warped by ``transform`` (map px), on a
+    grid ``step`` px apart (at ``reference_width``; default: ``options.step``).
 
     A tile is used when it lies inside the common field of view and its mean vessel value is
     at least ``min_content``; its match is kept when the correlation peak is inside the
@@ -155,7 +160,7 @@ def match_tiles(maps: VesselMaps, transform: transforms.Transform, radius: int,
     """
     unit = maps.width / options.reference_width
     tile = max(8, int(round(options.tile * unit)))
-    step = max(4, int(round(options.step * unit)))
+    step = max(4, int(round((step or options.step) * unit)))
     radius = max(2, int(round(radius * unit)))
     warped, warped_fov = maps.warped(transform)
     # the tiles with vessel content (the fixed map's alone: kept with it), then those wholly
@@ -311,8 +316,9 @@ def fine_stage(maps: VesselMaps, start: transforms.Transform, model: str = "quad
     unit = maps.width / options.reference_width
     current, kept, notes = start, None, []
     inliers = Matches(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0))
-    for radius in options.radii:
-        matches = match_tiles(maps, current, radius, options)
+    for number, radius in enumerate(options.radii, 1):
+        step = options.step if number == len(options.radii) else options.start_step
+        matches = match_tiles(maps, current, radius, options, step)
         domain = maps.common_points(current)
         area = len(domain) * 256.0  # one point per 16 x 16 px
         notes = []

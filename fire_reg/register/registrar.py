@@ -46,9 +46,10 @@ from fire_reg.register.result import Registration, register_files
 
 ECC_FINAL = EccOptions(levels=3, iterations=100, epsilon=1e-5)
 """ECC when its affine is the answer (``transform="none"``): three pyramid levels, converged."""
-ECC_BEFORE_FINE = EccOptions(levels=2, iterations=20, epsilon=1e-3)
+ECC_BEFORE_FINE = EccOptions(levels=2, iterations=20, epsilon=1e-3, finest_level=1)
 """ECC when the fine stage follows: it only has to bring the estimate into the fine stage's
-search radius (same accuracy on the benchmark sets, half the time)."""
+search radius, so it stops at half the working width (a quarter of the pixels; the benchmark
+sets within 0.002 mAUC of solving the full width too, 40 ms a pair faster)."""
 POLISH_MIN_RATIO = 1.5
 """The ECC polish at ``refine_width`` runs only when it is this many times the working width
 (a finer map adds too little below that)."""
