@@ -12,7 +12,7 @@ from fire_reg.data.embedded import make_embedded_set
 from fire_reg.data.modalities import RENDERED, render
 from fire_reg.imaging import modality
 from fire_reg.imaging.similarity import ncc
-from fire_reg.imaging.vessels import fov_mask, vessel_map
+from fire_reg.imaging.vessels import fov_mask, reduce, vessel_map
 
 MULTIMODAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "multimodal"
 
@@ -79,6 +79,27 @@ def test_polarity_and_names_are_checked():
         render(np.zeros((200, 200, 3), np.uint8), "xray", np.random.default_rng(0))
     with pytest.raises(ValueError, match="polarity"):
         vessel_map(np.zeros((200, 200, 3), np.uint8), polarity="sideways")
+
+
+@pytest.mark.parametrize("name", ["colour", "fa"])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_one_reduced_image_serves_the_detector_and_the_map(retina, name, with_mask):
+    """A pair's image is reduced to the working width once for both the modality and the
+    vessel map (:func:`reduce`): the very same verdict and map as from the image itself."""
+    image, mask = retina
+    image = image if name == "colour" else render(image, name, np.random.default_rng(0))
+    mask = mask if with_mask else None
+    reduced = reduce(image, modality.WORK_WIDTH, mask)
+    assert reduced.width == modality.WORK_WIDTH and reduced.fov.shape == reduced.pixels.shape[:2]
+    assert modality.detect(reduced) == modality.detect(image, mask)
+    polarity = modality.polarity(modality.detect(reduced).modality)
+    for made, direct in zip(vessel_map(reduced, polarity=polarity),
+                            vessel_map(image, mask, polarity=polarity)):
+        np.testing.assert_array_equal(made, direct)
+    with pytest.raises(ValueError, match="700 px"):  # a reduced image only at its own width
+        modality.detect(reduce(image, 700))
+    with pytest.raises(ValueError, match="for a 256 px map"):
+        vessel_map(reduced, work_width=256)
 
 
 def test_a_multimodal_embedded_set_keeps_the_colour_sets_ground_truth(tmp_path):

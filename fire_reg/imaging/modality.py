@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from fire_reg.imaging.vessels import fov_mask, resize_to_width
+from fire_reg.imaging.vessels import Reduced, reduce
 
 MODALITIES = ("colour", "red-free", "fa", "ir", "icg", "af")
 BRIGHT_VESSELS = frozenset({"fa", "icg"})
@@ -74,14 +74,16 @@ def check(modality: str) -> str:
     return modality
 
 
-def detect(image: np.ndarray, mask: np.ndarray | None = None) -> ModalityEvidence:
-    """The modality of a fundus image (BGR or grey uint8) with the measures behind it."""
-    small, _ = resize_to_width(image, WORK_WIDTH)
-    if mask is None:
-        inside = fov_mask(small)
-    else:
-        inside = cv2.resize(np.asarray(mask, np.uint8), small.shape[1::-1],
-                            interpolation=cv2.INTER_NEAREST).astype(bool)
+def detect(image, mask: np.ndarray | None = None) -> ModalityEvidence:
+    """The modality of a fundus image (BGR or grey uint8, or a
+    :class:`~fire_reg.imaging.vessels.Reduced` one :data:`WORK_WIDTH` px wide, ``mask`` None)
+    with the measures behind it."""
+    if not isinstance(image, Reduced):
+        image = reduce(image, WORK_WIDTH, mask)
+    elif mask is not None or image.width != WORK_WIDTH:
+        raise ValueError(f"modalities are told on images reduced to {WORK_WIDTH} px (with "
+                         f"their own mask), got {image.width} px")
+    small, inside = image.pixels, image.fov
     aperture_share = float(inside.mean())
     inside = cv2.erode(inside.astype(np.uint8), np.ones((MARGIN + 3, MARGIN + 3), np.uint8)
                        ).astype(bool)

@@ -1,6 +1,8 @@
 """Vessel maps: the preprocessing every stage shares (pixel conventions: fire_reg.geometry).
 
 * :func:`fov_mask` finds the camera aperture (the bright disc of a fundus photograph).
+* :func:`reduce` resizes an image to a working width with its aperture there, once for every
+  step that starts from it (the vessel map, :func:`fire_reg.imaging.modality.detect`).
 * :func:`vessel_map` is the network's input: the green channel, contrast-equalised (CLAHE),
   with the dark vessels brought out by a black top-hat, scaled to [0, 1] and zero outside
   the aperture. It is computed at a working width (default 512 px) so that the same
@@ -81,6 +83,34 @@ def resize_to_width(image: np.ndarray, width: int) -> tuple[np.ndarray, float]:
     return cv2.resize(image, (width, height), interpolation=interpolation), scale
 
 
+@dataclass(frozen=True, eq=False)
+class Reduced:
+    """An image resized to a working width (:func:`resize_to_width`, aspect kept; BGR or grey as
+    given), its field of view there (bool) and ``scale`` (sx, sy): reduced px per px of the
+    image it was made from."""
+
+    pixels: np.ndarray
+    fov: np.ndarray
+    scale: tuple[float, float]
+
+    @property
+    def width(self) -> int:
+        return self.pixels.shape[1]
+
+
+def reduce(image: np.ndarray, width: int, mask: np.ndarray | None = None) -> Reduced:
+    """``image`` (BGR or grey) resized to ``width`` px, with its field of view: ``mask`` (bool,
+    the image's size) resized alike, or found on the reduced image (:func:`fov_mask`: the
+    same disc, far cheaper than at full size)."""
+    small, _ = resize_to_width(image, width)
+    if mask is None:
+        fov = fov_mask(small)
+    else:
+        fov = cv2.resize(np.asarray(mask).astype(np.uint8), (small.shape[1], small.shape[0]),
+                         interpolation=cv2.INTER_NEAREST).astype(bool)
+    return Reduced(small, fov, axis_scales(image.shape, small.shape))
+
+
 POLARITIES = ("dark", "bright")
 
 
@@ -94,6 +124,9 @@ def vessel_map(image: np.ndarray, mask: np.ndarray | None = None, work_width: in
     a black top-hat), "bright" for vessels brighter than it (fluorescein / ICG angiograms: a
     white top-hat), so that every modality gives the same picture of the same vessels.
 
+    ``image`` may also be a :class:`Reduced` one at the working width (``mask`` None): the map
+    is then made from it.
+
     Returns (map float32 in [0, 1], mask bool, (sx, sy)) where (sx, sy) = work px / input px
     per axis (use ``geometry.rescale`` with it to move matrices between the two grids).
     """
@@ -102,13 +135,12 @@ def vessel_map(image: np.ndarray, mask: np.ndarray | None = None, work_width: in
     if work_width is not None:
         settings = dataclasses.replace(settings, work_width=work_width)
     work_width = settings.work_width
-    if mask is None:  # found on the reduced colour image: the same disc, far cheaper
-        small_colour, _ = resize_to_width(image, work_width)
-        small, small_mask = green(small_colour), fov_mask(small_colour)
-    else:
-        small, _ = resize_to_width(green(image), work_width)
-        small_mask = cv2.resize(np.asarray(mask).astype(np.uint8), (small.shape[1], small.shape[0]),
-                                interpolation=cv2.INTER_NEAREST).astype(bool)
+    if not isinstance(image, Reduced):
+        image = reduce(image, work_width, mask)
+    elif mask is not None or image.width != work_width:
+        raise ValueError(f"a reduced image {image.width} px wide (with its own mask) is needed "
+                         f"for a {work_width} px map")
+    small, small_mask = green(image.pixels), image.fov
     inner = cv2.erode(small_mask.astype(np.uint8),
                       cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))).astype(bool)
     filled = small.astype(np.uint8).copy()
@@ -123,4 +155,4 @@ def vessel_map(image: np.ndarray, mask: np.ndarray | None = None, work_width: in
     vessels[~inner] = 0.0
     top = np.percentile(vessels[inner], settings.percentile) if inner.any() else 0.0
     vessels = np.clip(vessels / max(top, 1e-6), 0.0, 1.0)
-    return vessels.astype(np.float32), small_mask, axis_scales(image.shape, small.shape)
+    return vessels.astype(np.float32), small_mask, image.scale

@@ -39,7 +39,8 @@ from fire_reg.register.ecc import EccOptions, ecc_on_maps
 from fire_reg.register.fine import FineOptions, fine_stage
 from fire_reg.register.trust import TrustOptions
 from fire_reg.io.images import image_size, read_for_width
-from fire_reg.register.maps import PreparedImage, VesselMaps
+from fire_reg.imaging.vessels import reduce
+from fire_reg.register.maps import ImageMap, PreparedImage, VesselMaps, _pool
 from fire_reg.geometry import transforms
 from fire_reg.register import trust
 from fire_reg.register.result import Registration, register_files
@@ -219,10 +220,9 @@ class Registrar:
         if any(isinstance(side, PreparedImage) and mask is not None
                for side, mask in zip(sides, (fixed_mask, moving_mask))):
             raise ValueError("a prepared image brings its own mask: give it to prepare()")
-        pair_modalities = self._modalities(sides, (fixed_mask, moving_mask), modalities_given)
+        maps, pair_modalities = self._pair_maps(sides, (fixed_mask, moving_mask),
+                                                modalities_given)
         polarities = tuple(modalities.polarity(name) for name in pair_modalities)
-        maps = VesselMaps.of(fixed, moving, self.preprocessing, fixed_mask, moving_mask,
-                             polarities)
         estimate, similarity = self._network_estimate(maps)
         stages = {"network": maps.to_full(estimate)}
         reason = "network"
@@ -247,18 +247,29 @@ class Registrar:
                             checks=verdict.checks, stages=stages,
                             modalities=dict(zip(("fixed", "moving"), pair_modalities)))
 
-    def _modalities(self, sides, masks, given) -> tuple[str, str]:
-        """(fixed, moving) modalities: given here, else given to prepare, else configured,
-        else detected (a prepared image's when it was prepared)."""
+    def _pair_maps(self, sides, masks, given) -> tuple[VesselMaps, tuple[str, str]]:
+        """The pair's vessel maps and (fixed, moving) modalities, both sides side by side on
+        the thread pool when neither is prepared (:meth:`_side`)."""
         configured = self.config.given_modalities()
-        names = []
-        for side, mask, here, config in zip(sides, masks, given, configured):
-            if isinstance(side, PreparedImage):
-                names.append(here or (side.modality_given and side.modality) or config
-                             or side.modality)
-            else:
-                names.append(here or config or modalities.detect(side, mask).modality)
-        return tuple(names)
+        jobs = list(zip(sides, masks, given, configured))
+        run = map if any(isinstance(side, PreparedImage) for side in sides) else _pool().map
+        (fixed_name, fixed_map), (moving_name, moving_map) = run(lambda job: self._side(*job),
+                                                                  jobs)
+        return (VesselMaps.of_maps(fixed_map, moving_map, self.work_width),
+                (fixed_name, moving_name))
+
+    def _side(self, side, mask, here, configured) -> tuple[str, ImageMap]:
+        """(modality, vessel map) of one side of a pair: the modality given here, else given
+        to prepare, else configured, else detected (a prepared image's when it was prepared);
+        a side that is not prepared is reduced to the working width once for both."""
+        if isinstance(side, PreparedImage):
+            name = (here or (side.modality_given and side.modality) or configured
+                    or side.modality)
+            return name, side.image_map(self.preprocessing, modalities.polarity(name))
+        if self.work_width == modalities.WORK_WIDTH:
+            side, mask = reduce(side, self.work_width, mask), None
+        name = here or configured or modalities.detect(side, mask).modality
+        return name, ImageMap.of(side, self.preprocessing, mask, modalities.polarity(name))
 
     def _ecc_steps(self, sides, masks, maps, estimate, similarity, stages, polarities):
         """ECC on the working maps, then optionally on finer maps of ``sides`` (the images or
