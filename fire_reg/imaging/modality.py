@@ -91,15 +91,20 @@ def detect(image, mask: np.ndarray | None = None) -> ModalityEvidence:
     inside[:, :MARGIN] = inside[:, -MARGIN:] = False
     if not inside.any():
         inside = np.ones(small.shape[:2], bool)
+    # measured on every second pixel each way: the same figures, four times fewer pixels
+    measured = inside.copy()
+    measured[1::2] = measured[:, 1::2] = False
+    if not measured.any():
+        measured = inside
     chroma = 0.0
-    if small.ndim == 3:  # on every second pixel each way: the same figure, 5x faster
-        channels = small[::2, ::2][inside[::2, ::2]].astype(np.float32)
+    if small.ndim == 3:
+        channels = small[measured].astype(np.float32)
         chroma = float(np.mean(np.abs(channels - channels.mean(axis=1, keepdims=True))))
     if chroma >= MIN_CHROMA:  # colour: the line measures, for grey images, are not needed
         return ModalityEvidence("colour", chroma, np.nan, np.nan, np.nan, aperture_share)
     grey = small[..., 1] if small.ndim == 3 else small
-    bright, dark = _line_strengths(grey, inside, VESSEL_SIGMA)
-    sharpness = _line_strengths(grey, inside, 1.0)[1] / max(dark, 1e-12)
+    bright, dark = _line_strengths(grey, measured, VESSEL_SIGMA)
+    sharpness = _line_strengths(grey, measured, 1.0)[1] / max(dark, 1e-12)
     if bright > dark:
         modality = "fa"
     elif aperture_share >= MIN_APERTURE_SHARE or sharpness < MAX_IR_SHARPNESS:
@@ -111,7 +116,7 @@ def detect(image, mask: np.ndarray | None = None) -> ModalityEvidence:
 
 def _line_strengths(grey: np.ndarray, inside: np.ndarray, sigma: float) -> tuple[float, float]:
     """Strength of the strongest bright and of the strongest dark line-shaped structures
-    inside the field (their :data:`LINE_PERCENTILE` th percentile), per unit of the field's
+    at the pixels ``inside`` (their :data:`LINE_PERCENTILE` th percentile), per unit of the field's
     median brightness (so that dim angiograms and bright photographs compare).
 
     With Hessian eigenvalues l1 >= l2 at scale ``sigma`` px, a dark line has l1 > 0 and
@@ -121,13 +126,12 @@ def _line_strengths(grey: np.ndarray, inside: np.ndarray, sigma: float) -> tuple
     image = grey.astype(np.float32)
     brightness = max(float(np.median(image[inside])), 1.0)
     smooth = cv2.GaussianBlur(image, (0, 0), sigma)
-    dxx = cv2.Sobel(smooth, cv2.CV_32F, 2, 0, ksize=3)
-    dyy = cv2.Sobel(smooth, cv2.CV_32F, 0, 2, ksize=3)
-    dxy = cv2.Sobel(smooth, cv2.CV_32F, 1, 1, ksize=3)
+    dxx, dyy, dxy = (cv2.Sobel(smooth, cv2.CV_32F, dx, dy, ksize=3)[inside]  # measured only
+                     for dx, dy in ((2, 0), (0, 2), (1, 1)))
     half_trace, root = (dxx + dyy) / 2, np.sqrt(((dxx - dyy) / 2) ** 2 + dxy ** 2)
     large, small = half_trace + root, half_trace - root
     dark = np.clip(large - np.abs(small), 0, None)
     bright = np.clip(-small - np.abs(large), 0, None)
     scale = sigma ** 2 / brightness  # scale-normalised (sigma^2 x second derivative)
-    return (float(np.percentile(bright[inside], LINE_PERCENTILE) * scale),
-            float(np.percentile(dark[inside], LINE_PERCENTILE) * scale))
+    return (float(np.percentile(bright, LINE_PERCENTILE) * scale),
+            float(np.percentile(dark, LINE_PERCENTILE) * scale))
