@@ -16,6 +16,7 @@ from fire_reg import __version__
 from fire_reg.cli.options import ConfigFlags, Parser, flag_name
 from fire_reg.io.images import image_size
 from fire_reg.io.errors import InputError
+from fire_reg.io.memory import keep_freed_memory
 from fire_reg.io.output import exclusive_output
 from fire_reg.cli.signals import interruptible
 
@@ -387,8 +388,10 @@ def _choose_backend(args) -> None:
 
 
 def main(argv=None) -> int:
-    """Run one ``fire-reg`` command; returns the exit status."""
+    """Run one ``fire-reg`` command; returns the exit status. The process keeps and reuses
+    the memory it frees (:func:`fire_reg.io.memory.keep_freed_memory`)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    keep_freed_memory()
     try:
         args = _parser().parse_args(argv)
     except SystemExit as done:  # --help, --version (0), or a parser error (2, one line)

@@ -49,6 +49,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator
 
 from fire_reg.io.errors import InputError
+from fire_reg.io.memory import keep_freed_memory
 
 DASK_EXTRA = "pip install 'fire-reg[dask]'"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -174,10 +175,11 @@ _worker_lock = threading.Lock()
 
 
 def _start_worker(payload: bytes, threads: int, scratch: str, parent: int, stopped) -> None:
-    """Process initializer: signals left to the parent, thread counts, temporary folder, a
-    watch on the parent, the pool's stop event, then the state, unpickled once (the model
-    loads here)."""
+    """Process initializer: signals left to the parent, thread counts, the allocator
+    (:func:`~fire_reg.io.memory.keep_freed_memory`), temporary folder, a watch on the parent,
+    the pool's stop event, then the state, unpickled once (the model loads here)."""
     _worker["stopped"] = stopped
+    keep_freed_memory()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     for name in THREAD_VARIABLES:
@@ -278,9 +280,11 @@ class _Processes:
 # --------------------------------------------------------------------------- Dask
 
 def _dask_call(payload: bytes, digest: str, function: Callable, item):
-    """A Dask task: the state unpickled once per worker process (per digest), then one item."""
+    """A Dask task: the state unpickled once per worker process (per digest, the allocator
+    tuned then: :func:`~fire_reg.io.memory.keep_freed_memory`), then one item."""
     with _worker_lock:
         if _worker.get("digest") != digest:
+            keep_freed_memory()
             _worker.update(state=pickle.loads(payload), digest=digest)
         state = _worker["state"]
     return function(state, item)
