@@ -147,8 +147,9 @@ class Grid:
         return (out, jac) if slopes else out
 
     def dense(self, size) -> tuple[np.ndarray, np.ndarray] | None:
-        """(dx, dy) float64 (H, W) at every pixel of a frame of ``size`` = (W, H) when the
-        knot axes are the pixel axes (separable, fast); None otherwise."""
+        """(dx, dy) float32 (H, W) at every pixel of a frame of ``size`` = (W, H) when the
+        knot axes are the pixel axes (separable, fast; float32 as ``cv2.remap`` takes a map:
+        off by under 1e-4 px for displacements of tens of px); None otherwise."""
         if self.knots[0, 1] or self.knots[1, 0]:
             return None
         width, height = (int(v) for v in size)
@@ -159,8 +160,9 @@ class Grid:
             (first, weights, _) = self._stencil(points)[index]
             matrix = np.zeros((count, self.grid.shape[2 - index]))
             matrix[np.arange(count)[:, None], first[:, None] + np.arange(4)] = weights
-            axes.append(matrix)
-        return tuple(axes[1] @ component @ axes[0].T for component in self.grid)
+            axes.append(matrix.astype(np.float32))
+        return tuple(axes[1] @ component @ axes[0].T
+                     for component in self.grid.astype(np.float32))
 
     def stretch_bound(self) -> float:
         """An upper bound of the spectral norm of the field's Jacobian (px per px) anywhere:
@@ -471,8 +473,10 @@ class Local(Transform):
         field = self.field.dense(fixed_size)
         if field is None:
             return super().dense_map(fixed_size)
-        maps = self.base.dense_map(fixed_size)
-        return tuple((base + delta).astype(np.float32) for base, delta in zip(maps, field))
+        maps = self.base.dense_map(fixed_size)  # float32, as the field
+        for base, delta in zip(maps, field):
+            base += delta
+        return maps
 
     def stretch_bound(self) -> float:
         """Bound of the spectral norm of the local part's Jacobian (:meth:`Grid.stretch_bound`)."""
