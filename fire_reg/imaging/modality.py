@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from fire_reg.imaging.vessels import Reduced, reduce
+from fire_reg.imaging.vessels import reduce
 
 MODALITIES = ("colour", "red-free", "fa", "ir", "icg", "af")
 BRIGHT_VESSELS = frozenset({"fa", "icg"})
@@ -78,11 +78,7 @@ def detect(image, mask: np.ndarray | None = None) -> ModalityEvidence:
     """The modality of a fundus image (BGR or grey uint8, or a
     :class:`~fire_reg.imaging.vessels.Reduced` one :data:`WORK_WIDTH` px wide, ``mask`` None)
     with the measures behind it."""
-    if not isinstance(image, Reduced):
-        image = reduce(image, WORK_WIDTH, mask)
-    elif mask is not None or image.width != WORK_WIDTH:
-        raise ValueError(f"modalities are told on images reduced to {WORK_WIDTH} px (with "
-                         f"their own mask), got {image.width} px")
+    image = reduce(image, WORK_WIDTH, mask)
     small, inside = image.pixels, image.fov
     aperture_share = float(inside.mean())
     inside = cv2.erode(inside.astype(np.uint8), np.ones((MARGIN + 3, MARGIN + 3), np.uint8)

@@ -98,10 +98,17 @@ class Reduced:
         return self.pixels.shape[1]
 
 
-def reduce(image: np.ndarray, width: int, mask: np.ndarray | None = None) -> Reduced:
+def reduce(image, width: int, mask: np.ndarray | None = None) -> Reduced:
     """``image`` (BGR or grey) resized to ``width`` px, with its field of view: ``mask`` (bool,
     the image's size) resized alike, or found on the reduced image (:func:`fov_mask`: the
-    same disc, far cheaper than at full size)."""
+    same disc, far cheaper than at full size). A :class:`Reduced` image ``width`` px wide
+    (``mask`` None: it has its own) is returned as it is; ValueError for one of another
+    width."""
+    if isinstance(image, Reduced):
+        if mask is not None or image.width != width:
+            raise ValueError(f"an image reduced to {image.width} px (with its own mask) cannot "
+                             f"serve for a {width} px map or modality")
+        return image
     small, _ = resize_to_width(image, width)
     if mask is None:
         fov = fov_mask(small)
@@ -135,11 +142,7 @@ def vessel_map(image: np.ndarray, mask: np.ndarray | None = None, work_width: in
     if work_width is not None:
         settings = dataclasses.replace(settings, work_width=work_width)
     work_width = settings.work_width
-    if not isinstance(image, Reduced):
-        image = reduce(image, work_width, mask)
-    elif mask is not None or image.width != work_width:
-        raise ValueError(f"a reduced image {image.width} px wide (with its own mask) is needed "
-                         f"for a {work_width} px map")
+    image = reduce(image, work_width, mask)
     small, small_mask = green(image.pixels), image.fov
     inner = cv2.erode(small_mask.astype(np.uint8),
                       cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))).astype(bool)

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from fire_reg.geometry.transforms import Transform
+from fire_reg.geometry.warping import warp_with_maps
 
 BLENDS = ("multiband", "feather")
 EDGE_PX = 3  # field-of-view erosion before blending, canvas px
@@ -52,9 +53,8 @@ def warp_field(image, fov, transform: Transform, box) -> Warped:
     x0, y0, x1, y1 = box
     shifted = transform.composed(np.eye(3)[:2], np.array([[1.0, 0, -x0], [0, 1.0, -y0]]))
     map_x, map_y = shifted.dense_map((x1 - x0, y1 - y0))  # once for the image and its mask
-    warped = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    mask = cv2.remap(fov.astype(np.uint8) * 255, map_x, map_y, cv2.INTER_NEAREST,
-                     borderMode=cv2.BORDER_CONSTANT)
+    warped = warp_with_maps(image, map_x, map_y, order=1)
+    mask = warp_with_maps(fov.astype(np.uint8) * 255, map_x, map_y, order=0)
     mask = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
                                                      (2 * EDGE_PX + 1, 2 * EDGE_PX + 1)))
     return Warped(np.ascontiguousarray(warped), mask, (int(x0), int(y0)))

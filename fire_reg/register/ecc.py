@@ -85,8 +85,9 @@ def ecc_on_maps(maps: VesselMaps, init_matrix, options: EccOptions = EccOptions(
     """Affine ECC between the maps of a pair from ``init_matrix`` (2x3, map px).
 
     Coarse to fine over ``options.levels`` pyramid levels down to ``options.finest_level``,
-    each started from the previous one's result; the matrix is in the maps' px throughout. Fails (matrix None, with the reason) when OpenCV does not converge or the
-    final correlation is below :data:`MIN_ECC_CORRELATION`.
+    each started from the previous one's result; the matrix is in the maps' px throughout.
+    Fails (matrix None, with the reason) when OpenCV does not converge or the final
+    correlation is below :data:`MIN_ECC_CORRELATION`.
     """
     fixed_levels = maps.fixed_derived(("ecc pyramid", options.levels), lambda: _ecc_pyramid(
         maps.fixed, maps.fixed_fov, options.levels))

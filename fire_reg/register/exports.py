@@ -13,9 +13,9 @@ TIFF) physical points are fire-reg's pixel coordinates.
   ``d(p) = fixed_to_moving(p) - p``, on a grid of spacing ``s`` px and origin 0 that covers
   the whole fixed image; ``s`` is the largest power of two (at most 32 px) for which linear
   interpolation between the nodes stays within :data:`FIELD_TOLERANCE_PX` of the transform
-  (checked at the cell midpoints), but no finer than :data:`MIN_SPACING` px (a map with a
-  kink, which no grid interpolates to the tolerance, is written at that spacing and the
-  record states the largest interpolation error measured). Written through SimpleITK, an optional extra
+  (checked at the cell midpoints), but no finer than :data:`MIN_SPACING` px (a map with a kink,
+  which no grid interpolates to the tolerance, is written at that spacing and the record states
+  the largest interpolation error measured). Written through SimpleITK, an optional extra
   (``pip install 'fire-reg[itk]'``); without it the field is skipped and the record says so.
 
 :func:`write_exports` writes what applies and returns the ``"exports"`` record of

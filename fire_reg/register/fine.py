@@ -35,18 +35,18 @@ class FineOptions(Config):
     (scaled with the actual map width). Checked on construction (FieldError naming the field).
 
     ``tile``: side of the matched tiles; ``step``: their spacing in the last pass,
-    ``start_step`` in the passes before it (their fit is only the start the last pass refines:
-    a quarter of the tiles); ``radii``: search radius of each pass (one pass per entry; the
-    last one wide enough for a curved retina's departure from the first pass's quadratic);
-    ``min_score``: lowest accepted normalised correlation; ``min_content``: lowest mean vessel value of a tile; ``trim``: residuals above ``trim`` x
-    the robust sigma (and above ``min_trim_px``) are outliers; ``min_inliers``: overrides,
-    per model (registered names, ``transforms.model_names()``), of the inliers its fit needs
-    (default: each model's own ``min_inliers``: quadratic 24, homography 12, affine 6);
-    ``min_spread``: share of the common field of view that the inliers' convex hull must
-    cover for a flexible model (the quadratic); ``max_bend``: largest departure (fraction of
-    the width) of a flexible model from its best affine over the common field of view;
-    ``folds``: k of the k-fold
-    residuals behind the error estimate.
+    ``start_step`` in the passes before it (their fit is only the start the last pass refines: a
+    quarter of the tiles); ``radii``: search radius of each pass (one pass per entry; the last
+    one wide enough for a curved retina's departure from the first pass's quadratic);
+    ``min_score``: lowest accepted normalised correlation; ``min_content``: lowest mean vessel
+    value of a tile; ``trim``: residuals above ``trim`` x the robust sigma (and above
+    ``min_trim_px``) are outliers; ``min_inliers``: overrides, per model (registered names,
+    ``transforms.model_names()``), of the inliers its fit needs (default: each model's own
+    ``min_inliers``: quadratic 24, homography 12, affine 6); ``min_spread``: share of the common
+    field of view that the inliers' convex hull must cover for a flexible model (the quadratic);
+    ``max_bend``: largest departure (fraction of the width) of a flexible model from its best
+    affine over the common field of view; ``folds``: k of the k-fold residuals behind the error
+    estimate.
 
     The local stage (``model="local"``, :func:`local_stage`): ``local_min_score``: lowest
     correlation of the last pass's matches it uses; ``local_smoothing``: the smoothings tried

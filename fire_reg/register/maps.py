@@ -50,6 +50,16 @@ def _read_only(value, inputs=()):
     return value
 
 
+def side_by_side(make, fixed_job: tuple, moving_job: tuple) -> list:
+    """``[make(fixed_job), make(moving_job)]``, the two side by side on the thread pool; one
+    after the other when a job's image (its first item) is a :class:`PreparedImage`, whose
+    map is already made (one map to make at most)."""
+    jobs = (fixed_job, moving_job)
+    if any(isinstance(job[0], PreparedImage) for job in jobs):
+        return list(map(make, jobs))
+    return list(_pool().map(make, jobs))
+
+
 @dataclass(frozen=True, eq=False)
 class ImageMap:
     """One image's vessel map (float32 in [0, 1]), field of view (bool) and scale (sx, sy):
@@ -164,11 +174,8 @@ class VesselMaps:
                 return image.image_map(settings, polarity)
             return ImageMap.of(image, settings, mask, polarity)
 
-        jobs = [(fixed, fixed_mask, polarities[0]), (moving, moving_mask, polarities[1])]
-        if any(isinstance(job[0], PreparedImage) for job in jobs):
-            fixed_map, moving_map = map(image_map, jobs)  # one map to make at most
-        else:
-            fixed_map, moving_map = _pool().map(image_map, jobs)
+        fixed_map, moving_map = side_by_side(image_map, (fixed, fixed_mask, polarities[0]),
+                                             (moving, moving_mask, polarities[1]))
         return cls.of_maps(fixed_map, moving_map, settings.work_width)
 
     @classmethod

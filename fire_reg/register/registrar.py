@@ -40,7 +40,7 @@ from fire_reg.register.fine import FineOptions, fine_stage
 from fire_reg.register.trust import TrustOptions
 from fire_reg.io.images import image_size, read_for_width
 from fire_reg.imaging.vessels import reduce
-from fire_reg.register.maps import ImageMap, PreparedImage, VesselMaps, _pool
+from fire_reg.register.maps import ImageMap, PreparedImage, VesselMaps, side_by_side
 from fire_reg.geometry import transforms
 from fire_reg.register import trust
 from fire_reg.register.result import Registration, register_files
@@ -248,13 +248,11 @@ class Registrar:
                             modalities=dict(zip(("fixed", "moving"), pair_modalities)))
 
     def _pair_maps(self, sides, masks, given) -> tuple[VesselMaps, tuple[str, str]]:
-        """The pair's vessel maps and (fixed, moving) modalities, both sides side by side on
-        the thread pool when neither is prepared (:meth:`_side`)."""
-        configured = self.config.given_modalities()
-        jobs = list(zip(sides, masks, given, configured))
-        run = map if any(isinstance(side, PreparedImage) for side in sides) else _pool().map
-        (fixed_name, fixed_map), (moving_name, moving_map) = run(lambda job: self._side(*job),
-                                                                  jobs)
+        """The pair's vessel maps and (fixed, moving) modalities, both sides (:meth:`_side`)
+        side by side (:func:`~fire_reg.register.maps.side_by_side`)."""
+        (fixed_name, fixed_map), (moving_name, moving_map) = side_by_side(
+            lambda job: self._side(*job),
+            *zip(sides, masks, given, self.config.given_modalities()))
         return (VesselMaps.of_maps(fixed_map, moving_map, self.work_width),
                 (fixed_name, moving_name))
 
