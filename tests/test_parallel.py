@@ -21,7 +21,7 @@ from fire_reg.evaluate import baselines
 from fire_reg.evaluate import tester
 from fire_reg.io.errors import InputError
 from fire_reg.io.runs import describe, fingerprint
-from fire_reg.register.pool import PairPool, WorkerLost, in_worker
+from fire_reg.register.pool import PairPool, WorkerLost, WorkerStartError, in_worker
 from fire_reg.register.registrar import Registrar
 from fire_reg.register.result import Registration
 
@@ -132,6 +132,60 @@ def test_an_exception_here_drops_the_items_in_flight_at_once(private_tmp):
                 raise RuntimeError("stop here")  # items 0 and 1 are in the workers
     assert time.monotonic() - start < 40  # killed, not waited for (60 s)
     assert not list(private_tmp.iterdir())
+
+
+def imported(state, item):
+    """(state, whether the preloaded module is already imported in this process)."""
+    return state, "tabnanny" in sys.modules
+
+
+def threads_here(state, item):
+    import cv2
+
+    time.sleep(0.2)  # the other process takes an item meanwhile
+    return in_worker(), cv2.getNumThreads(), os.environ.get("TF_NUM_INTRAOP_THREADS")
+
+
+def test_a_started_pool_s_workers_import_first_and_load_the_state_given_later(private_tmp):
+    assert "tabnanny" not in sys.modules  # so the check below can fail
+    with PairPool.starting(2, preload=("tabnanny",)) as pool:
+        with pytest.raises(RuntimeError, match="no state yet"):
+            list(pool.map(scaled, [1]))
+        time.sleep(0.5)  # the worker is up, waiting for the state
+        pool.begin(7)
+        with pytest.raises(RuntimeError, match="state already"):
+            pool.begin(8)
+        results = list(pool.map(imported, range(6)))
+    assert {state for _, (state, _) in results} == {7}
+    assert any(preloaded for _, (_, preloaded) in results)  # from the worker process
+    assert not list(private_tmp.iterdir())
+
+
+def test_a_started_pool_closed_without_a_state_ends_its_workers_at_once(private_tmp):
+    start = time.monotonic()
+    with PairPool.starting(3, preload=("tabnanny",)):
+        time.sleep(0.5)
+    assert time.monotonic() - start < 20  # killed, not waited for (they would wait forever)
+    assert not list(private_tmp.iterdir())
+    with PairPool.starting(2, preload=("no_such_module_here",)) as pool:
+        pool.begin(1)
+        with pytest.raises(WorkerStartError, match="no_such_module_here"):
+            list(pool.map(imported, range(4)))
+
+
+def test_each_process_shares_the_cores_while_the_pool_runs(monkeypatch):
+    import cv2
+
+    from fire_reg.register import pool as pools
+
+    monkeypatch.setattr(pools, "default_workers", lambda: 4)
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
+    before = cv2.getNumThreads()
+    with PairPool(None, workers=2) as pool:
+        seen = {here: (threads, tf) for _, (here, threads, tf)
+                in pool.map(threads_here, range(6))}
+    assert seen[False][0] == 2 and seen[True] == (2, "1")  # 4 cores, 2 processes
+    assert cv2.getNumThreads() == before  # this process's own count back
 
 
 def test_workers_end_when_their_parent_is_killed(tmp_path):

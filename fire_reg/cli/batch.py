@@ -161,23 +161,25 @@ def register_batch(args, make_registrar) -> int:
     rows += [{"id": problem.path, "outcome": "error", "error": "input",
               "reason": problem.problem} for problem in problems]
     with deferred() as stop:
-        registrar = make_registrar(args) if pairs else None
-        settings = {"method": describe(registrar)} if registrar else None
-        run = {**source, "fingerprint": settings and fingerprint(settings),
-               "settings": settings}
-        if args.resume and settings:
-            check_continues(out / "batch.json", "this batch", settings)
-            for row in rows[:len(pairs)]:
-                row.update(_finished(row, run["fingerprint"]) or {})
-        todo = [row for row in rows if row["outcome"] == "not run"]
-        if args.resume:
-            print(f"resuming: {len(pairs) - len(todo)} of {len(pairs)} pairs finished earlier, "
-                  f"{len(todo)} to run")
-        pool = _pool(args, registrar, run, todo)  # a Dask scheduler is reached before any file
+        pool = _starting_pool(args, len(pairs))  # its workers start while the model loads
         try:
+            registrar = make_registrar(args) if pairs else None
+            settings = {"method": describe(registrar)} if registrar else None
+            run = {**source, "fingerprint": settings and fingerprint(settings),
+                   "settings": settings}
+            if args.resume and settings:
+                check_continues(out / "batch.json", "this batch", settings)
+                for row in rows[:len(pairs)]:
+                    row.update(_finished(row, run["fingerprint"]) or {})
+            todo = [row for row in rows if row["outcome"] == "not run"]
+            if args.resume:
+                print(f"resuming: {len(pairs) - len(todo)} of {len(pairs)} pairs finished "
+                      f"earlier, {len(todo)} to run")
+            # a Dask scheduler is reached before any file is written
+            pool = _pool(args, pool, Registering(registrar, run["fingerprint"]), run, todo)
             _write_records(out, run, rows, seconds=0.0, ran=0, stopped_by=None, status=None)
         except BaseException:
-            pool.close()
+            pool.close(drop=True)
             raise
         start, full = time.perf_counter(), None
         sharing = collections.Counter(row["fixed"] for row in todo)
@@ -220,13 +222,31 @@ def register_batch(args, make_registrar) -> int:
     return status
 
 
-def _pool(args, registrar, run: dict, todo: list) -> PairPool:
-    """The pool the rows run on: ``--dask``, else ``--workers`` at a time (default: every
-    core; no more than there are rows; 1: this process alone). Records it in ``run``."""
+REGISTRAR_MODULES = ("fire_reg.register.registrar", "fire_reg.learn.network")
+"""What a worker process imports while this process loads the model (Keras, TensorFlow)."""
+
+
+def _starting_pool(args, rows: int) -> PairPool:
+    """``--workers`` at a time (default: every core; no more than there are ``rows``; 1:
+    this process alone), the worker processes started now (:meth:`PairPool.starting`); a
+    pool of one for ``--dask`` (the cluster's pool is made with its state, :func:`_pool`)."""
+    if getattr(args, "dask", None):
+        return PairPool.starting(1)
+    workers = min(getattr(args, "workers", None) or default_workers(), max(1, rows))
+    return PairPool.starting(workers, preload=REGISTRAR_MODULES)
+
+
+def _pool(args, starting: PairPool, state: Registering, run: dict, todo: list) -> PairPool:
+    """The pool the rows run on, given its ``state``: the cluster at ``--dask``, else the
+    ``starting`` pool; records it in ``run``."""
     dask = getattr(args, "dask", None) if todo else None
-    workers = min(getattr(args, "workers", None) or default_workers(), max(1, len(todo)))
-    run["workers"] = f"dask {dask}" if dask else workers
-    return PairPool(Registering(registrar, run["fingerprint"]), workers, dask)
+    if dask or not todo:  # the cluster's pool, or nothing to run (no worker needed)
+        starting.close()
+        run["workers"] = f"dask {dask}" if dask else 1
+        return PairPool(state, dask=dask)
+    run["workers"] = starting.workers
+    starting.begin(state)
+    return starting
 
 
 PREPARED_KEPT = 4

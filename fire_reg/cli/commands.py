@@ -18,6 +18,7 @@ from fire_reg.io.images import image_size
 from fire_reg.io.errors import InputError
 from fire_reg.io.memory import keep_freed_memory
 from fire_reg.io.output import exclusive_output
+from fire_reg.register.pool import one_network_thread
 from fire_reg.cli.signals import interruptible
 
 
@@ -387,9 +388,15 @@ def _choose_backend(args) -> None:
         os.environ["KERAS_BACKEND"] = LIGHT_BACKEND  # Keras' numpy backend borrows jax.lax
 
 
+REGISTERING = ("register", "evaluate", "mosaic", "demo")
+"""Commands that register pairs: TensorFlow gets one thread per pool in them
+(:func:`fire_reg.register.pool.one_network_thread`)."""
+
+
 def main(argv=None) -> int:
     """Run one ``fire-reg`` command; returns the exit status. The process keeps and reuses
-    the memory it frees (:func:`fire_reg.io.memory.keep_freed_memory`)."""
+    the memory it frees (:func:`fire_reg.io.memory.keep_freed_memory`); a command that
+    registers gives TensorFlow one thread per pool."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     keep_freed_memory()
     try:
@@ -397,6 +404,8 @@ def main(argv=None) -> int:
     except SystemExit as done:  # --help, --version (0), or a parser error (2, one line)
         return int(done.code or 0)
     _choose_backend(args)
+    if args.command in REGISTERING:
+        one_network_thread()
     try:
         with interruptible():  # SIGINT, SIGTERM -> Interrupted: temporaries and lock removed
             _check_early(args)

@@ -9,12 +9,15 @@
   the model already) and one in each of N - 1 worker processes
   (:class:`concurrent.futures.ProcessPoolExecutor`, started with ``spawn``: TensorFlow and JAX
   do not survive ``fork``). ``state`` (a registration method with its model, a Tester) is
-  pickled once here and unpickled once by each worker as it starts (the process
-  initializer), so every worker loads the model once. Each worker runs ``max(1, cores // N)``
-  threads in OpenCV and the numerical libraries (unless the environment says otherwise),
-  ignores SIGINT and SIGTERM (this process decides what a signal stops), makes its temporary
-  files in a folder this process removes when the pool closes, and exits when this process
-  is gone.
+  pickled once here, into the pool's temporary folder, and unpickled once by each worker as
+  it starts (the process initializer), so every worker loads the model once. Each process,
+  this one included while the pool runs, uses ``max(1, cores // N)`` threads in OpenCV, and
+  each worker as many in the numerical libraries (unless the environment says otherwise);
+  a worker ignores SIGINT and SIGTERM (this process decides what a signal stops), makes its
+  temporary files in a folder this process removes when the pool closes, and exits when this
+  process is gone. :meth:`PairPool.starting` starts the workers before the state exists:
+  they import what it needs (``preload``: TensorFlow, seconds) while this process builds it,
+  and load it once :meth:`PairPool.begin` gives it.
 * ``dask="tcp://host:8786"``: the workers of a Dask ``distributed`` cluster (the optional
   extra ``fire-reg[dask]``). ``state`` is sent to every worker once
   (``Client.scatter(..., broadcast=True)``) and unpickled once per worker process; the items
@@ -35,7 +38,9 @@ new workers for the rest.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
+import importlib
 import multiprocessing
 import os
 import pickle
@@ -52,11 +57,15 @@ from fire_reg.io.errors import InputError
 from fire_reg.io.memory import keep_freed_memory
 
 DASK_EXTRA = "pip install 'fire-reg[dask]'"
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                    "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 """Thread counts a worker sets (when unset) before the numerical libraries start."""
+NETWORK_THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+"""TensorFlow's thread pools, one thread each in a process that registers
+(:func:`one_network_thread`)."""
 POLL_SECONDS = 0.5
 """Longest wait between two looks at ``stop()`` while items are in flight."""
+STATE_POLL_SECONDS = 0.05
+"""How often a started worker looks for the state the parent is still building."""
 CONNECT_SECONDS = 10
 """How long a Dask scheduler is tried before ``--dask`` gives up."""
 
@@ -67,6 +76,16 @@ def default_workers() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def one_network_thread() -> None:
+    """Give TensorFlow one thread per pool (unless the environment says otherwise), before
+    it starts: the network is small, and on the benchmark machine its threads cost 7-10 %
+    more CPU per pair for the same seconds, CPU that a second worker needs (README,
+    "Cohorts"). The ``register``, ``evaluate``, ``mosaic`` and ``demo`` commands and every
+    worker process call it; no effect once TensorFlow has started."""
+    for name in NETWORK_THREAD_VARIABLES:
+        os.environ.setdefault(name, "1")
 
 
 def check_dask(address: str | None) -> None:
@@ -89,9 +108,10 @@ class WorkerStartError(RuntimeError):
 class PairPool:
     """Maps a per-item function over ``workers`` processes or a Dask cluster (module notes).
 
-    Use it as a context manager; the workers start with the first item. ``dask``: the
-    scheduler's address (``workers`` is then the cluster's business). InputError when the
-    ``distributed`` package is missing or the scheduler cannot be reached.
+    Use it as a context manager; the workers start with the first item (with
+    :meth:`starting`, at once). ``dask``: the scheduler's address (``workers`` is then the
+    cluster's business). InputError when the ``distributed`` package is missing or the
+    scheduler cannot be reached.
     """
 
     def __init__(self, state, workers: int = 1, dask: str | None = None):
@@ -100,6 +120,25 @@ class PairPool:
         self.state, self.workers, self.dask = state, workers, dask
         self._backend = _Cluster(state, dask) if dask is not None else None
         self._closed = False
+
+    @classmethod
+    def starting(cls, workers: int, preload: tuple[str, ...] = ()) -> "PairPool":
+        """A pool of ``workers`` on this machine whose worker processes start now, before its
+        state exists, and import the ``preload`` modules meanwhile (TensorFlow: the seconds a
+        worker takes to start overlap this process building the state); :meth:`begin` gives
+        the state. Closed without one, its workers are killed."""
+        pool = cls(_NO_STATE, workers)
+        if not pool.in_process:
+            pool._backend = _Processes(workers - 1, preload)
+        return pool
+
+    def begin(self, state) -> None:
+        """Give a pool made by :meth:`starting` its state (the workers load it now)."""
+        if self.state is not _NO_STATE:
+            raise RuntimeError("this PairPool has its state already")
+        self.state = state
+        if self._backend is not None:
+            self._backend.give(state)
 
     @property
     def in_process(self) -> bool:
@@ -122,6 +161,8 @@ class PairPool:
             lost: Callable | None = None) -> Iterator[tuple]:
         """``(item, function(state, item))`` for each item, as each finishes. ``function``
         must be importable by the workers (a module-level function of an installed module)."""
+        if self.state is _NO_STATE:
+            raise RuntimeError("this PairPool has no state yet: give it with begin()")
         if self.in_process:
             for item in items:
                 if stop():
@@ -131,7 +172,8 @@ class PairPool:
         if self._closed:
             raise RuntimeError("this PairPool is closed")
         if self._backend is None:
-            self._backend = _Processes(self.state, self.workers - 1)
+            self._backend = _Processes(self.workers - 1)
+            self._backend.give(self.state)
         backend, queue, pending, exhausted = self._backend, iter(items), {}, False
         while True:
             while not exhausted and not stop() and len(pending) < backend.slots():
@@ -162,6 +204,7 @@ class PairPool:
 
 
 _END = object()
+_NO_STATE = object()  # a pool made by PairPool.starting, until begin()
 
 
 class _Skipped:
@@ -174,16 +217,19 @@ _worker: dict = {}  # in a worker: its state (and, on a Dask worker, the digest 
 _worker_lock = threading.Lock()
 
 
-def _start_worker(payload: bytes, threads: int, scratch: str, parent: int, stopped) -> None:
+def _start_worker(state_path: str, threads: int, scratch: str, parent: int, stopped,
+                  preload: tuple[str, ...] = ()) -> None:
     """Process initializer: signals left to the parent, thread counts, the allocator
     (:func:`~fire_reg.io.memory.keep_freed_memory`), temporary folder, a watch on the parent,
-    the pool's stop event, then the state, unpickled once (the model loads here)."""
+    the pool's stop event, the ``preload`` modules imported, then the state, unpickled once
+    from ``state_path`` (the model loads here) as soon as the parent has written it."""
     _worker["stopped"] = stopped
     keep_freed_memory()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     for name in THREAD_VARIABLES:
         os.environ.setdefault(name, str(threads))
+    one_network_thread()
     os.environ["TMPDIR"] = tempfile.tempdir = scratch
     threading.Thread(target=_watch_parent, args=(parent, scratch), daemon=True,
                      name="fire-reg-parent-watch").start()
@@ -191,10 +237,18 @@ def _start_worker(payload: bytes, threads: int, scratch: str, parent: int, stopp
 
     cv2.setNumThreads(threads)
     try:
-        _worker["state"] = pickle.loads(payload)
+        for module in preload:
+            importlib.import_module(module)
+        while not os.path.exists(state_path):  # the parent is still building the state
+            time.sleep(STATE_POLL_SECONDS)
+        with open(state_path, "rb") as file:
+            _worker["state"] = pickle.load(file)
     except Exception as error:  # every item then says why, instead of workers started forever
         _worker["error"] = WorkerStartError(f"a worker could not load its state: "
                                             f"{type(error).__name__}: {error}")
+    # registered last, so run first at exit: every result has been sent by then (the pool's
+    # result queue writes through), and TensorFlow's teardown would take a second or more
+    atexit.register(os._exit, 0)
 
 
 def _watch_parent(parent: int, scratch: str) -> None:
@@ -220,23 +274,44 @@ def _call(function: Callable, item):
     return function(_worker["state"], item)
 
 
-class _Processes:
-    """Worker processes of this machine (module notes)."""
+def _ready() -> None:
+    """A worker's first task: none (submitted to start the process)."""
 
-    def __init__(self, state, processes: int):
-        self.processes = processes
-        self.payload = pickle.dumps(state)
+
+class _Processes:
+    """Worker processes of this machine (module notes), started at once; they load the
+    state once :meth:`give` has written it."""
+
+    def __init__(self, processes: int, preload: tuple[str, ...] = ()):
+        import cv2
+
+        self.processes, self.preload, self.given = processes, tuple(preload), False
+        self.threads = max(1, default_workers() // (processes + 1))
+        self.own_threads = cv2.getNumThreads()
+        cv2.setNumThreads(self.threads)  # this process shares the cores too
         self.scratch = tempfile.mkdtemp(prefix="fire-reg-workers-")
+        self.state_path = os.path.join(self.scratch, "state.pickle")
         self.others = {child.pid for child in multiprocessing.active_children()}
         self.context = multiprocessing.get_context("spawn")
         self.stopped = self.context.Event()
         self.executor = self._start()
+        for _ in range(processes):  # each submit starts one process (spawned on demand)
+            self.executor.submit(_ready)
 
     def _start(self) -> futures.ProcessPoolExecutor:
-        threads = max(1, default_workers() // (self.processes + 1))
         return futures.ProcessPoolExecutor(
             self.processes, mp_context=self.context, initializer=_start_worker,
-            initargs=(self.payload, threads, self.scratch, os.getpid(), self.stopped))
+            initargs=(self.state_path, self.threads, self.scratch, os.getpid(), self.stopped,
+                      self.preload))
+
+    def give(self, state) -> None:
+        """Write ``state`` (pickled) where the workers wait for it; renamed into place
+        complete."""
+        partial = self.state_path + ".partial"
+        with open(partial, "wb") as file:
+            pickle.dump(state, file)
+        os.replace(partial, self.state_path)
+        self.given = True
 
     def slots(self) -> int:
         return 2 * self.processes
@@ -266,7 +341,10 @@ class _Processes:
                              ) from None
 
     def close(self, drop: bool) -> None:
-        if drop:
+        """Stop the workers (``drop``, or no state given: they wait for none, killed)."""
+        import cv2
+
+        if drop or not self.given:
             workers = [child for child in multiprocessing.active_children()
                        if child.pid not in self.others]
             for child in workers:
@@ -275,6 +353,7 @@ class _Processes:
                 child.join()
         self.executor.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.scratch, ignore_errors=True)
+        cv2.setNumThreads(self.own_threads)
 
 
 # --------------------------------------------------------------------------- Dask
