@@ -138,3 +138,28 @@ def test_real_p01_control_points_reach_the_published_ceilings():
     assert errors["affine"] == pytest.approx(12.7, abs=0.1)
     assert errors["homography"] == pytest.approx(8.3, abs=0.1)
     assert errors["quadratic"] == pytest.approx(1.35, abs=0.1)
+
+
+def test_a_fitted_quadratic_fits_its_inverse_only_when_first_needed(monkeypatch):
+    """A fit that only measures residuals (the fine stage's trimmed rounds, the held-out
+    folds) never pays for the inverse; asked for, it is the one fitted over the domain."""
+    rng = np.random.default_rng(3)
+    fixed = rng.uniform(0, 500, (60, 2))
+    moving = fixed * 1.02 + 0.0004 * fixed[:, ::-1] ** 2 + 5.0
+    calls = []
+    real = transforms._fit_quadratic
+    monkeypatch.setattr(transforms, "_fit_quadratic",
+                        lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    fitted = transforms.Quadratic.fit(fixed, moving)
+    assert len(calls) == 1  # the forward map only
+    np.testing.assert_allclose(fitted.fixed_to_moving(fixed), moving, atol=0.5)
+    domain = fixed
+    expected = real(transforms.quadratic_terms(domain) @ fitted.forward.T, domain)
+    lazy = transforms.Quadratic.from_forward(fitted.forward, domain)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(lazy.backward, expected)
+    assert len(calls) == 2 and lazy.backward is lazy.backward  # fitted once, kept
+    np.testing.assert_allclose(lazy.moving_to_fixed(lazy.fixed_to_moving(fixed)), fixed,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="domain"):
+        transforms.Quadratic(fitted.forward)

@@ -217,9 +217,25 @@ class Quadratic(Transform):
     model, parameters, min_points, min_inliers = "quadratic", 12, 6, 24
     weighted, flexible = True, True
 
-    def __init__(self, forward, backward):
+    def __init__(self, forward, backward=None, domain=None):
+        """``forward`` / ``backward``: the two 2x6 coefficient arrays; ``backward`` None: fitted
+        over ``domain`` ((N, 2) fixed px) when first needed (:attr:`backward`), so that a fit
+        that only measures residuals never pays for it."""
         self.forward = np.asarray(forward, dtype=np.float64).reshape(2, 6)
-        self.backward = np.asarray(backward, dtype=np.float64).reshape(2, 6)
+        if backward is None and domain is None:
+            raise ValueError("a quadratic needs its backward coefficients or a domain to fit "
+                             "them over")
+        self._backward = (None if backward is None
+                          else np.asarray(backward, dtype=np.float64).reshape(2, 6))
+        self._domain = None if domain is None else np.array(_points(domain))
+
+    @property
+    def backward(self) -> np.ndarray:
+        """The 2x6 inverse coefficients (moving px -> fixed px, fitted: approximate)."""
+        if self._backward is None:
+            mapped = quadratic_terms(self._domain) @ self.forward.T
+            self._backward = _fit_quadratic(mapped, self._domain)
+        return self._backward
 
     @classmethod
     def fit(cls, fixed, moving, weights=None, domain=None) -> "Quadratic":
@@ -268,11 +284,9 @@ class Quadratic(Transform):
     @classmethod
     def from_forward(cls, forward, domain) -> "Quadratic":
         """A quadratic from its forward coefficients, the inverse fitted over ``domain``
-        ((N, 2) fixed points where the map is used, e.g. the common field of view)."""
-        forward = np.asarray(forward, dtype=np.float64).reshape(2, 6)
-        domain = _points(domain)
-        mapped = quadratic_terms(domain) @ forward.T
-        return cls(forward, _fit_quadratic(mapped, domain))
+        ((N, 2) fixed points where the map is used, e.g. the common field of view) when first
+        needed."""
+        return cls(forward, domain=domain)
 
     def fixed_to_moving(self, points) -> np.ndarray:
         return quadratic_terms(points) @ self.forward.T
