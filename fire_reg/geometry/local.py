@@ -230,11 +230,13 @@ class Design:
                         for component in _points(residuals).T], axis=1)
         return normal, rhs, float(weights.sum())
 
-    def values(self, field: Grid) -> np.ndarray:
-        """(N, 2) displacements of ``field`` (a grid with these knots) at the points."""
+    def values(self, field: Grid, subset=slice(None)) -> np.ndarray:
+        """(N, 2) displacements of ``field`` (a grid with these knots) at the points (those
+        ``subset`` selects: a bool mask or indices)."""
         flat = field.grid.reshape(2, -1)
-        return np.stack([np.sum(self.weights * component[self.index], axis=1)
-                         for component in flat], axis=1)
+        index, weights = self.index[subset], self.weights[subset]
+        return np.stack([np.sum(weights * component[index], axis=1) for component in flat],
+                        axis=1)
 
     def fit(self, residuals, weights, smoothing: float = SMOOTHING,
             bounded: bool = True) -> Grid:
@@ -298,7 +300,7 @@ class Evidence:
             for smoothing in smoothings:
                 field = self.design.grid.solved(*system, smoothing)
                 local_errors[smoothing][test] = np.linalg.norm(
-                    residuals[test] - self.design.values(field)[test], axis=1)
+                    residuals[test] - self.design.values(field, test), axis=1)
         return base_errors, local_errors
 
     def transform(self, base: Transform, keep=None, smoothing: float = SMOOTHING,
