@@ -217,10 +217,11 @@ class Quadratic(Transform):
     model, parameters, min_points, min_inliers = "quadratic", 12, 6, 24
     weighted, flexible = True, True
 
-    def __init__(self, forward, backward=None, domain=None):
+    def __init__(self, forward, backward=None, domain=None, over_box: bool = False):
         """``forward`` / ``backward``: the two 2x6 coefficient arrays; ``backward`` None: fitted
-        over ``domain`` ((N, 2) fixed px) when first needed (:attr:`backward`), so that a fit
-        that only measures residuals never pays for it."""
+        over ``domain`` ((N, 2) fixed px; ``over_box``: over a 20 x 20 grid spanning their
+        bounding box) when first needed (:attr:`backward`), so that a fit that only measures
+        residuals never pays for it."""
         self.forward = np.asarray(forward, dtype=np.float64).reshape(2, 6)
         if backward is None and domain is None:
             raise ValueError("a quadratic needs its backward coefficients or a domain to fit "
@@ -228,13 +229,19 @@ class Quadratic(Transform):
         self._backward = (None if backward is None
                           else np.asarray(backward, dtype=np.float64).reshape(2, 6))
         self._domain = None if domain is None else np.array(_points(domain))
+        self._over_box = over_box
 
     @property
     def backward(self) -> np.ndarray:
         """The 2x6 inverse coefficients (moving px -> fixed px, fitted: approximate)."""
         if self._backward is None:
-            mapped = quadratic_terms(self._domain) @ self.forward.T
-            self._backward = _fit_quadratic(mapped, self._domain)
+            domain = self._domain
+            if self._over_box:
+                low, high = domain.min(axis=0), domain.max(axis=0)
+                xs, ys = np.meshgrid(np.linspace(low[0], high[0], 20),
+                                     np.linspace(low[1], high[1], 20))
+                domain = np.stack([xs.ravel(), ys.ravel()], axis=1)
+            self._backward = _fit_quadratic(quadratic_terms(domain) @ self.forward.T, domain)
         return self._backward
 
     @classmethod
@@ -242,12 +249,8 @@ class Quadratic(Transform):
         """Least squares (optionally weighted) over (N, 2) point pairs; the inverse is fitted
         over ``domain`` (default: the fixed points' bounding box, 20 x 20 grid)."""
         fixed = _points(fixed)
-        if domain is None:
-            low, high = fixed.min(axis=0), fixed.max(axis=0)
-            xs, ys = np.meshgrid(np.linspace(low[0], high[0], 20),
-                                 np.linspace(low[1], high[1], 20))
-            domain = np.stack([xs.ravel(), ys.ravel()], axis=1)
-        return cls.from_forward(_fit_quadratic(fixed, moving, weights), domain)
+        return cls(_fit_quadratic(fixed, moving, weights),
+                   domain=fixed if domain is None else domain, over_box=domain is None)
 
     @classmethod
     def from_arrays(cls, forward, backward=None) -> "Quadratic":
