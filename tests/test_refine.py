@@ -87,6 +87,36 @@ def test_match_tiles_report_where_content_moved(retina):
         np.testing.assert_allclose(found, dense[tuple(centre)])
 
 
+def test_tile_correlation_is_opencv_s_normalised_one(retina):
+    """The plain correlation of zero-mean tiles, normalised at every offset at once, is
+    OpenCV's TM_CCOEFF_NORMED surface, flat windows (0) included."""
+    from fire_reg.register import fine
+
+    maps = VesselMaps.of(retina, retina, SETTINGS)
+    warped = np.ascontiguousarray(np.roll(maps.moving, (2, -3), axis=(0, 1)))
+    warped[100:160, 100:160] = 0.25  # a flat patch: some windows see no variance
+    tile, radius = 32, 6
+    ys, xs, templates, energies = fine._vessel_tiles(maps.fixed, tile, 16, radius, 0.04)
+    assert len(ys) > 100
+    ys, xs = np.append(ys, 110), np.append(xs, 110)  # a window inside the flat patch
+    patch = maps.fixed[110:110 + tile, 110:110 + tile]
+    templates = np.concatenate([templates, (patch - patch.mean())[None]]).astype(np.float32)
+    energies = np.append(energies, np.square(templates[-1], dtype=np.float64).sum())
+    corners = np.stack([ys - radius, xs - radius], axis=1)
+    products = np.empty((len(ys), 2 * radius + 1, 2 * radius + 1), np.float32)
+    window = tile + 2 * radius
+    fine._correlate(warped, templates, products,
+                    list(zip(range(len(ys)), range(len(ys)), corners.tolist())), window)
+    scores = fine._normalised(products, warped, corners, energies, tile)
+    expected = np.stack([cv2.matchTemplate(warped[y:y + window, x:x + window],
+                                           maps.fixed[y + radius:y + radius + tile,
+                                                      x + radius:x + radius + tile],
+                                           cv2.TM_CCOEFF_NORMED) for y, x in corners])
+    np.testing.assert_allclose(scores, expected, atol=1e-4)
+    assert np.all(scores[-1] == 0) and np.all(expected[-1] == 0)
+    assert scores.max() > 0.9  # the shifted map matches
+
+
 def test_ecc_refines_a_nearby_affine_start(retina):
     truth = transforms.Affine(geometry.about_center(
         1.02 * np.array([[np.cos(0.05), -np.sin(0.05)], [np.sin(0.05), np.cos(0.05)]]),

@@ -139,14 +139,14 @@ class FineOutcome:
     candidates: Matches | None = None
 
 
-def _subpixel(scores: np.ndarray, row: int, col: int) -> tuple[float, float]:
-    """Parabolic sub-pixel offset (dx, dy) of a peak inside a correlation surface."""
-    def offset(minus, centre, plus):
-        denominator = minus - 2 * centre + plus
-        return 0.0 if denominator >= 0 else min(0.5, max(-0.5, 0.5 * (minus - plus) / denominator))
-    dx = offset(scores[row, col - 1], scores[row, col], scores[row, col + 1])
-    dy = offset(scores[row - 1, col], scores[row, col], scores[row + 1, col])
-    return dx, dy
+def _subpixel(minus: np.ndarray, centre: np.ndarray, plus: np.ndarray) -> np.ndarray:
+    """Parabolic sub-pixel offsets (in [-0.5, 0.5]) of peaks ``centre`` between their
+    neighbours ``minus`` and ``plus`` along one axis (arrays of the same shape); 0 where the
+    three do not curve down."""
+    denominator = minus - 2 * centre + plus
+    curved = denominator < 0
+    offset = 0.5 * (minus - plus) / np.where(curved, denominator, -1.0)
+    return np.where(curved, np.clip(offset, -0.5, 0.5), 0.0)
 
 
 def match_tiles(maps: VesselMaps, transform: transforms.Transform, radius: int,
@@ -156,63 +156,100 @@ def match_tiles(maps: VesselMaps, transform: transforms.Transform, radius: int,
 
     A tile is used when it lies inside the common field of view and its mean vessel value is
     at least ``min_content``; its match is kept when the correlation peak is inside the
-    search window (not on its edge) and at least ``min_score``.
+    search window (not on its edge) and at least ``min_score``. The correlation is
+    ``TM_CCOEFF_NORMED``'s, in two steps: OpenCV's plain correlation (``TM_CCORR``, half its
+    cost) of each zero-mean tile with its search window, then the normalisation of every
+    tile at every offset at once from integral images of the warped map (:func:`_normalised`).
     """
     unit = maps.width / options.reference_width
     tile = max(8, int(round(options.tile * unit)))
     step = max(4, int(round((step or options.step) * unit)))
     radius = max(2, int(round(radius * unit)))
     warped, warped_fov = maps.warped(transform)
-    # the tiles with vessel content (the fixed map's alone: kept with it), then those wholly
-    # inside the common field of view, from integral images
-    ys, xs = maps.fixed_derived(("vessel tiles", tile, step, radius, options.min_content),
-                                lambda: _vessel_tiles(maps.fixed, tile, step, radius,
-                                                      options.min_content))
+    # the tiles with vessel content and their zero-mean pixels (the fixed map's alone: kept
+    # with it), then those wholly inside the common field of view, from integral images
+    ys, xs, templates, energies = maps.fixed_derived(
+        ("vessel tiles", tile, step, radius, options.min_content),
+        lambda: _vessel_tiles(maps.fixed, tile, step, radius, options.min_content))
     common = cv2.integral((maps.fixed_fov & warped_fov).astype(np.uint8))
-    usable = _tile_sums(common, ys, xs, tile) == tile * tile
-    corners = np.stack([ys[usable], xs[usable]], axis=1)
-    chunks = np.array_split(corners, max(1, min(len(corners) // 64, _WORKERS)))
-    found = list(_pool().map(lambda chunk: _match_chunk(maps.fixed, warped, chunk, tile, radius,
-                                                        options.min_score), chunks))
-    centres, offsets, scores = (np.concatenate(parts) for parts in zip(*found))
-    return Matches(centres, transform.fixed_to_moving(centres + offsets), scores)
+    used = np.flatnonzero(_tile_sums(common, ys, xs, tile) == tile * tile)
+    if not len(used):
+        return Matches(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0))
+    corners = np.stack([ys[used] - radius, xs[used] - radius], axis=1)  # search windows
+    products = np.empty((len(used), 2 * radius + 1, 2 * radius + 1), np.float32)
+    jobs = list(zip(range(len(used)), used.tolist(), corners.tolist()))
+    chunks = [jobs[i::_WORKERS] for i in range(_WORKERS)] if len(jobs) >= 64 else [jobs]
+    list(_pool().map(lambda chunk: _correlate(warped, templates, products, chunk,
+                                              tile + 2 * radius), chunks))
+    scores = _normalised(products, warped, corners, energies[used], tile)
+    flat = scores.reshape(len(used), -1)
+    peak = flat.argmax(axis=1)  # the first of equal peaks, as cv2.minMaxLoc
+    rows, cols = np.divmod(peak, 2 * radius + 1)
+    best = flat[np.arange(len(used)), peak]
+    keep = (best >= options.min_score) & (rows > 0) & (rows < 2 * radius) & (cols > 0) & (
+        cols < 2 * radius)
+    index, rows, cols, best = np.flatnonzero(keep), rows[keep], cols[keep], best[keep]
+    at = scores[index, rows, cols]
+    dx = _subpixel(scores[index, rows, cols - 1], at, scores[index, rows, cols + 1])
+    dy = _subpixel(scores[index, rows - 1, cols], at, scores[index, rows + 1, cols])
+    centres = np.stack([xs[used][keep], ys[used][keep]], axis=1) + (tile - 1) / 2.0
+    offsets = np.stack([cols - radius + dx, rows - radius + dy], axis=1)
+    return Matches(centres, transform.fixed_to_moving(centres + offsets), best)
 
 
 def _tile_sums(table: np.ndarray, ys, xs, tile: int) -> np.ndarray:
-    """Sums over the ``tile`` px squares with top-left corners (``ys``, ``xs``), from the
-    integral image ``table`` (:func:`cv2.integral`)."""
+    """Sums over the ``tile`` px squares with top-left corners (``ys``, ``xs``) (arrays of
+    any one shape), from the integral image ``table`` (:func:`cv2.integral`)."""
     return table[ys + tile, xs + tile] - table[ys, xs + tile] - table[ys + tile, xs] + table[ys, xs]
 
 
 def _vessel_tiles(fixed: np.ndarray, tile: int, step: int, radius: int, min_content: float):
-    """(ys, xs): top-left corners of the ``tile`` px tiles of the fixed map on a ``step`` px
-    grid, ``radius`` px clear of its edges, whose mean vessel value is at least
-    ``min_content``."""
+    """(ys, xs, templates, energies): top-left corners of the ``tile`` px tiles of the fixed
+    map on a ``step`` px grid, ``radius`` px clear of its edges, whose mean vessel value is at
+    least ``min_content``; their pixels less their mean (K, tile, tile) float32, and the sum
+    of those squared (K,) float64."""
     height, width = fixed.shape
     ys, xs = np.mgrid[radius:height - tile - radius:step, radius:width - tile - radius:step]
     ys, xs = ys.ravel(), xs.ravel()
     content = _tile_sums(cv2.integral(fixed.astype(np.float64)), ys, xs, tile)
     keep = content >= min_content * tile * tile
-    return ys[keep], xs[keep]
+    ys, xs = ys[keep], xs[keep]
+    if not len(ys):  # (also a map smaller than a tile)
+        return ys, xs, np.zeros((0, tile, tile), np.float32), np.zeros(0)
+    templates = np.lib.stride_tricks.sliding_window_view(fixed, (tile, tile))[ys, xs]
+    templates = templates - (content[keep] / (tile * tile))[:, None, None].astype(np.float32)
+    return ys, xs, templates, np.square(templates, dtype=np.float64).sum(axis=(1, 2))
 
 
-def _match_chunk(fixed, warped, corners, tile: int, radius: int, min_score: float):
-    """Tile matches for the top-left ``corners`` (K, 2) (y, x) of fixed-map tiles: (tile
-    centres (M, 2), offsets (M, 2) of their match in ``warped``, scores (M,)), map px."""
-    centres, offsets, scores = [], [], []
-    for y0, x0 in corners:
-        template = fixed[y0:y0 + tile, x0:x0 + tile]
-        window = warped[y0 - radius:y0 + tile + radius, x0 - radius:x0 + tile + radius]
-        surface = cv2.matchTemplate(window, template, cv2.TM_CCOEFF_NORMED)
-        _, best, _, (col, row) = cv2.minMaxLoc(surface)
-        if best < min_score or not (0 < row < 2 * radius and 0 < col < 2 * radius):
-            continue
-        dx, dy = _subpixel(surface, row, col)
-        centres.append((x0 + (tile - 1) / 2.0, y0 + (tile - 1) / 2.0))
-        offsets.append((col - radius + dx, row - radius + dy))
-        scores.append(best)
-    return (np.asarray(centres, np.float64).reshape(-1, 2),
-            np.asarray(offsets, np.float64).reshape(-1, 2), np.asarray(scores, np.float64))
+def _correlate(warped, templates, products, jobs, window: int) -> None:
+    """For each (k, template number, (y, x) corner) of ``jobs``, ``products[k]``: the plain
+    correlation (``cv2.TM_CCORR``) of that template with the ``window`` px square of
+    ``warped`` at that corner."""
+    for k, number, (y0, x0) in jobs:
+        products[k] = cv2.matchTemplate(warped[y0:y0 + window, x0:x0 + window],
+                                        templates[number], cv2.TM_CCORR)
+
+
+def _normalised(products, warped, corners, energies, tile: int) -> np.ndarray:
+    """Normalised correlations (K, n, n) from the plain correlations ``products`` of K
+    zero-mean templates (with ``energies``, their sums of squares) at every offset of their
+    search windows at ``corners`` (K, 2) (y, x) in ``warped``: each divided by the root of
+    the template's energy times the variance sum of the ``tile`` px square of ``warped``
+    under it (from integral images), with OpenCV's rules for ``TM_CCOEFF_NORMED``: 0 where
+    that square is flat (its variance sum at most 10 float32 epsilons of its sum of
+    squares), +-1 for a ratio just past 1 by rounding, 0 beyond."""
+    offsets = np.arange(products.shape[1])
+    ys = corners[:, 0, None, None] + offsets[:, None]
+    xs = corners[:, 1, None, None] + offsets
+    values = warped.astype(np.float64)
+    sums = _tile_sums(cv2.integral(values), ys, xs, tile)
+    squares = _tile_sums(cv2.integral(np.square(values)), ys, xs, tile)
+    variance = np.maximum(squares - sums ** 2 / (tile * tile), 0.0)
+    flat = variance <= np.minimum(0.5, 10 * np.finfo(np.float32).eps * squares)
+    scale = np.where(flat, 0.0, np.sqrt(variance * energies[:, None, None]))
+    size = np.abs(products)
+    ratio = np.divide(products, scale, out=np.zeros(products.shape), where=size < scale)
+    return np.where(size < scale, ratio, np.where(size < 1.125 * scale, np.sign(products), 0.0))
 
 
 def _residuals(transform: transforms.Transform, matches: Matches) -> np.ndarray:
