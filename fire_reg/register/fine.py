@@ -203,6 +203,13 @@ def _tile_sums(table: np.ndarray, ys, xs, tile: int) -> np.ndarray:
     return table[ys + tile, xs + tile] - table[ys, xs + tile] - table[ys + tile, xs] + table[ys, xs]
 
 
+def _box_sums(image: np.ndarray, tile: int) -> np.ndarray:
+    """(H - tile + 1, W - tile + 1) sums over every ``tile`` px square of ``image``, by its
+    top-left corner (from the integral image, as :func:`_tile_sums`)."""
+    table = cv2.integral(image)
+    return table[tile:, tile:] - table[:-tile, tile:] - table[tile:, :-tile] + table[:-tile, :-tile]
+
+
 def _vessel_tiles(fixed: np.ndarray, tile: int, step: int, radius: int, min_content: float):
     """(ys, xs, templates, energies): top-left corners of the ``tile`` px tiles of the fixed
     map on a ``step`` px grid, ``radius`` px clear of its edges, whose mean vessel value is at
@@ -238,12 +245,10 @@ def _normalised(products, warped, corners, energies, tile: int) -> np.ndarray:
     under it (from integral images), with OpenCV's rules for ``TM_CCOEFF_NORMED``: 0 where
     that square is flat (its variance sum at most 10 float32 epsilons of its sum of
     squares), +-1 for a ratio just past 1 by rounding, 0 beyond."""
-    offsets = np.arange(products.shape[1])
-    ys = corners[:, 0, None, None] + offsets[:, None]
-    xs = corners[:, 1, None, None] + offsets
     values = warped.astype(np.float64)
-    sums = _tile_sums(cv2.integral(values), ys, xs, tile)
-    squares = _tile_sums(cv2.integral(np.square(values)), ys, xs, tile)
+    sums, squares = (np.lib.stride_tricks.sliding_window_view(
+        _box_sums(image, tile), products.shape[1:])[corners[:, 0], corners[:, 1]]
+        for image in (values, np.square(values)))
     variance = np.maximum(squares - sums ** 2 / (tile * tile), 0.0)
     flat = variance <= np.minimum(0.5, 10 * np.finfo(np.float32).eps * squares)
     scale = np.where(flat, 0.0, np.sqrt(variance * energies[:, None, None]))
