@@ -16,9 +16,10 @@ A measure is ``f(a, b, mask=None) -> float``: ``a`` and ``b`` arrays of the same
 fixed image and the moving image warped into the fixed frame), ``mask`` (bool, same shape)
 the pixels to compare (None: all); higher is more alike.
 
-Elsewhere the same NCC comes from OpenCV: ``cv2.matchTemplate(..., cv2.TM_CCOEFF_NORMED)`` in the
-fine stage's tile matching (:func:`fire_reg.register.fine.match_tiles`) is :func:`ncc` of the
-template and each window position, and the correlation ``cv2.findTransformECC`` returns (its
+Elsewhere the same NCC comes from OpenCV: the fine stage's tile matching
+(:func:`fire_reg.register.fine.match_tiles`) computes ``cv2.TM_CCOEFF_NORMED``, :func:`ncc` of
+the template and each window position (from ``cv2.matchTemplate``'s plain correlation of the
+zero-mean template and integral images of the window), and the correlation ``cv2.findTransformECC`` returns (its
 acceptance in :func:`fire_reg.register.ecc.ecc_on_maps`) is :func:`ncc` of the template and the
 warped input inside the mask, after OpenCV's Gaussian filter.
 """

@@ -2,9 +2,11 @@
 
 :func:`fine_stage`: local evidence and a robust fit of a richer model. The moving map is
   warped into the fixed frame with the current transform; a grid of tiles of the fixed map
-  with enough vessel content is matched there (``cv2.matchTemplate`` with
-  ``TM_CCOEFF_NORMED``: OpenCV's form of :func:`fire_reg.imaging.similarity.ncc`, at every
-  offset of a small search window, sub-pixel peak); confident matches become point pairs
+  with enough vessel content is matched there (the normalised correlation of OpenCV's
+  ``TM_CCOEFF_NORMED``, :func:`fire_reg.imaging.similarity.ncc` of the tile and the window
+  under it, at every offset of a small search window, sub-pixel peak; made from
+  ``cv2.matchTemplate``'s plain correlation and integral images, :func:`match_tiles`);
+  confident matches become point pairs
   (tile centre p in the fixed map, ``T(p + d)`` in the moving map); the model (quadratic,
   homography or affine: the registered models, :func:`fire_reg.geometry.transforms.model_names`)
   is fitted by iteratively trimmed least squares; the whole is repeated with a smaller window.
@@ -157,9 +159,10 @@ def match_tiles(maps: VesselMaps, transform: transforms.Transform, radius: int,
     A tile is used when it lies inside the common field of view and its mean vessel value is
     at least ``min_content``; its match is kept when the correlation peak is inside the
     search window (not on its edge) and at least ``min_score``. The correlation is
-    ``TM_CCOEFF_NORMED``'s, in two steps: OpenCV's plain correlation (``TM_CCORR``, half its
-    cost) of each zero-mean tile with its search window, then the normalisation of every
-    tile at every offset at once from integral images of the warped map (:func:`_normalised`).
+    ``cv2.TM_CCOEFF_NORMED``'s (to 1e-4), in two steps: OpenCV's plain correlation
+    (``TM_CCORR``) of each zero-mean tile with its search window, one call per tile; then the
+    normalisation (:func:`_normalised`, from integral images of the warped map), the peak,
+    the edge check and the sub-pixel parabola of every tile at once.
     """
     unit = maps.width / options.reference_width
     tile = max(8, int(round(options.tile * unit)))
