@@ -233,8 +233,9 @@ def cmd_register(args) -> int:
 def cmd_evaluate(args) -> int:
     from fire_reg.evaluate import baselines
     from fire_reg.data import fire
+    from fire_reg.cli.batch import REGISTRAR_MODULES
     from fire_reg.evaluate.tester import Tester
-    from fire_reg.register.pool import default_workers
+    from fire_reg.register.pool import PairPool, default_workers
 
     problems = fire.verify_layout(args.fire)  # bad input fails before the model loads
     if len(problems) > 1:
@@ -246,11 +247,20 @@ def cmd_evaluate(args) -> int:
         chosen = [baselines.baseline(n.strip()) for n in args.baselines.split(",") if n.strip()]
     except ValueError as error:
         raise InputError("--baselines", str(error)) from None
-    methods = ([] if args.no_model else [_registrar(args)]) + [
-        m for m in chosen if m.name != "identity"] + [baselines.baseline("identity")]
-    tester = Tester(args.fire, args.out, methods, overlays=args.overlays, resume=args.resume,
-                    workers=args.workers or default_workers(), dask=args.dask)
-    tester.run()
+    workers = args.workers or default_workers()
+    # the worker processes (no more than the pairs) start now, while the model loads; a Dask
+    # cluster's are running
+    processes = 1 if args.dask else max(1, min(workers, len(fire.FireDataset(args.fire))))
+    started = PairPool.starting(processes, preload=() if args.no_model else REGISTRAR_MODULES)
+    try:
+        methods = ([] if args.no_model else [_registrar(args)]) + [
+            m for m in chosen if m.name != "identity"] + [baselines.baseline("identity")]
+        tester = Tester(args.fire, args.out, methods, overlays=args.overlays,
+                        resume=args.resume, workers=workers, dask=args.dask)
+        tester.run(started)
+    except BaseException:
+        started.close(drop=True)
+        raise
     print((Path(args.out) / "report.md").read_text())
     print(f"wrote {args.out}/results.json, report.md, success_curves.png, error_boxplot.png, "
           "trust.png")

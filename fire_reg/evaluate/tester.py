@@ -157,8 +157,10 @@ class Tester:
             return read_image(self.dataset.root / mask).any(axis=2)
         return self.dataset.mask()
 
-    def run(self) -> dict:
-        """Score every pair, write results.json, report.md and the plots; return the results."""
+    def run(self, started: PairPool | None = None) -> dict:
+        """Score every pair, write results.json, report.md and the plots; return the results.
+        ``started``: a pool made by :meth:`PairPool.starting` (its workers started while the
+        methods loaded), used when pairs run on this machine, else closed."""
         for pair in self.dataset:  # bad input fails before any work is done
             pair.control_points()
             pair.check()
@@ -168,8 +170,7 @@ class Tester:
             check_continues(self.out_dir / RUN_RECORD, "this evaluation", settings)
         done = {pair.id: self._previous(pair.id, run["fingerprint"]) for pair in self.dataset}
         todo = [pair_id for pair_id, entry in done.items() if entry is None]
-        workers = max(1, min(self.workers, len(todo)))
-        with PairPool(self, workers, self.dask if todo else None) as pool:
+        with self._pool(started, todo) as pool:
             write_json(self.out_dir / RUN_RECORD, run)
             with tqdm(total=len(done), initial=len(done) - len(todo), desc="evaluate",
                       unit="pair", disable=not self.progress) as progress:
@@ -184,6 +185,18 @@ class Tester:
         write_json(self.out_dir / "results.json", results)
         write_text(self.out_dir / "report.md", self._report(results))
         return results
+
+    def _pool(self, started: PairPool | None, todo: list) -> PairPool:
+        """The pool the ``todo`` pairs run on: ``started``, given this Tester, when they run
+        on this machine and there is a pair for each of its processes; else (closing
+        ``started``) one of ``workers`` (no more than the pairs) or the Dask cluster's."""
+        if started is not None and len(todo) >= started.workers and self.dask is None:
+            started.begin(self)
+            return started
+        if started is not None:
+            started.close()
+        workers = max(1, min(self.workers, len(todo)))
+        return PairPool(self, workers, self.dask if todo else None)
 
     def settings(self) -> dict:
         """The settings record of this evaluation (:mod:`fire_reg.io.runs`): every method
