@@ -12,15 +12,15 @@ Everything maps **fixed-image px -> moving-image px**; (x, y) with x right, y do
 the centre of the top-left pixel.
 """
 from fire_reg.geometry.matrices import (
-    AffineParams, PARAM_NAMES, PYRDOWN_STEP, about_center, apply, as_3x3, compose, fit_affine,
-    fit_similarity, grid_points, identity, invert, letterbox, letterboxed_from_pixel,
-    matrix_from_params, mean_point_distance, normalized_from_pixel, normalized_grid,
-    normalizer, params_from_matrix, pixel_from_letterboxed, pixel_from_normalized, resample,
-    rescale, residuals, scaling)
+    AffineParams, PARAM_NAMES, PYRDOWN_STEP, about_center, apply, as_3x3, box_grid, compose,
+    fit_affine, fit_similarity, grid_points, identity, invert, letterbox,
+    letterboxed_from_pixel, matrix_from_params, mean_point_distance, normalized_from_pixel,
+    normalized_grid, normalizer, params_from_matrix, pixel_from_letterboxed,
+    pixel_from_normalized, resample, rescale, residuals, scaling)
 
-__all__ = ["AffineParams", "PARAM_NAMES", "PYRDOWN_STEP", "about_center", "apply", "as_3x3", "compose",
-           "fit_affine", "fit_similarity", "grid_points", "identity", "invert", "letterbox",
-           "letterboxed_from_pixel", "matrix_from_params", "mean_point_distance",
-           "normalized_from_pixel", "normalized_grid", "normalizer", "params_from_matrix",
-           "pixel_from_letterboxed", "pixel_from_normalized", "resample", "rescale",
-           "residuals", "scaling"]
+__all__ = ["AffineParams", "PARAM_NAMES", "PYRDOWN_STEP", "about_center", "apply", "as_3x3",
+           "box_grid", "compose", "fit_affine", "fit_similarity", "grid_points", "identity",
+           "invert", "letterbox", "letterboxed_from_pixel", "matrix_from_params",
+           "mean_point_distance", "normalized_from_pixel", "normalized_grid", "normalizer",
+           "params_from_matrix", "pixel_from_letterboxed", "pixel_from_normalized", "resample",
+           "rescale", "residuals", "scaling"]

@@ -309,7 +309,7 @@ class Evidence:
         the stored inverse fitted over ``domain`` ((N, 2) fixed px where the map is used;
         default: the fixed points' bounding box)."""
         keep = np.ones(len(self.fixed), bool) if keep is None else np.asarray(keep, bool)
-        domain = _default_domain(self.fixed) if domain is None else _points(domain)
+        domain = geometry.box_grid(self.fixed) if domain is None else _points(domain)
         return Local(base, self.field(base, keep, smoothing), domain=domain)
 
 
@@ -331,7 +331,7 @@ def _fitted_inverse(base: Transform, field: Grid, domain=None) -> tuple[np.ndarr
     if len(domain) < 20:
         _, ny, nx = field.grid.shape
         corners = geometry.apply(geometry.invert(field.knots), [[1.0, 1.0], [nx - 2.0, ny - 2.0]])
-        domain = _default_domain(corners)
+        domain = geometry.box_grid(corners)
     forward = base.fixed_to_moving(domain) + field.values(domain)
     coefficients = registry.model_class(BASE_MODEL).fit(forward, domain).arrays()[0]
     start = registry.model_class(BASE_MODEL).from_arrays(coefficients, coefficients)
@@ -343,12 +343,6 @@ def _fitted_inverse(base: Transform, field: Grid, domain=None) -> tuple[np.ndarr
 def _box(points, margin: float = 0.0):
     points = _points(points)
     return points.min(axis=0) - margin, points.max(axis=0) + margin
-
-
-def _default_domain(points) -> np.ndarray:
-    low, high = _box(points)
-    xs, ys = np.meshgrid(np.linspace(low[0], high[0], 20), np.linspace(low[1], high[1], 20))
-    return np.stack([xs.ravel(), ys.ravel()], axis=1)
 
 
 @register_model

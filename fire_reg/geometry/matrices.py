@@ -234,6 +234,16 @@ def grid_points(size, count: int = 5) -> np.ndarray:
     return np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
 
 
+def box_grid(points, count: int = 20) -> np.ndarray:
+    """A ``count`` x ``count`` grid of (x, y) points spanning the bounding box of (N, 2)
+    ``points`` (px): where a fitted inverse is fitted when no domain is given."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    low, high = points.min(axis=0), points.max(axis=0)
+    xs = np.linspace(low[0], high[0], count)
+    ys = np.linspace(low[1], high[1], count)
+    return np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
+
+
 def normalized_grid(count: int = 5, extent: float = 0.8) -> np.ndarray:
     """A ``count`` x ``count`` grid of normalised (u, v) points spanning [-extent, extent]^2."""
     ticks = np.linspace(-extent, extent, count)

@@ -235,12 +235,7 @@ class Quadratic(Transform):
     def backward(self) -> np.ndarray:
         """The 2x6 inverse coefficients (moving px -> fixed px, fitted: approximate)."""
         if self._backward is None:
-            domain = self._domain
-            if self._over_box:
-                low, high = domain.min(axis=0), domain.max(axis=0)
-                xs, ys = np.meshgrid(np.linspace(low[0], high[0], 20),
-                                     np.linspace(low[1], high[1], 20))
-                domain = np.stack([xs.ravel(), ys.ravel()], axis=1)
+            domain = geometry.box_grid(self._domain) if self._over_box else self._domain
             self._backward = _fit_quadratic(quadratic_terms(domain) @ self.forward.T, domain)
         return self._backward
 
