@@ -167,6 +167,11 @@ def test_a_started_pool_closed_without_a_state_ends_its_workers_at_once(private_
         time.sleep(0.5)
     assert time.monotonic() - start < 20  # killed, not waited for (they would wait forever)
     assert not list(private_tmp.iterdir())
+    started = PairPool.starting(3, preload=("tabnanny",))
+    with started.begin(5, items=1) as pool:  # one item: here, not sent to a starting worker
+        assert pool is not started and pool.in_process
+        assert dict(pool.map(scaled, [2])) == {2: 10}
+    assert not list(private_tmp.iterdir())  # the started one's workers ended
     with PairPool.starting(2, preload=("no_such_module_here",)) as pool:
         pool.begin(1)
         with pytest.raises(WorkerStartError, match="no_such_module_here"):

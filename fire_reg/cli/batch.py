@@ -238,15 +238,16 @@ def _starting_pool(args, rows: int) -> PairPool:
 
 def _pool(args, starting: PairPool, state: Registering, run: dict, todo: list) -> PairPool:
     """The pool the rows run on, given its ``state``: the cluster at ``--dask``, else the
-    ``starting`` pool; records it in ``run``."""
+    ``starting`` pool (a smaller one for fewer rows to run, :meth:`PairPool.begin`); records
+    it in ``run``."""
     dask = getattr(args, "dask", None) if todo else None
-    if dask or not todo:  # the cluster's pool, or nothing to run (no worker needed)
+    if dask:
         starting.close()
-        run["workers"] = f"dask {dask}" if dask else 1
+        run["workers"] = f"dask {dask}"
         return PairPool(state, dask=dask)
-    run["workers"] = starting.workers
-    starting.begin(state)
-    return starting
+    pool = starting.begin(state, len(todo))
+    run["workers"] = pool.workers
+    return pool
 
 
 PREPARED_KEPT = 4

@@ -187,12 +187,11 @@ class Tester:
         return results
 
     def _pool(self, started: PairPool | None, todo: list) -> PairPool:
-        """The pool the ``todo`` pairs run on: ``started``, given this Tester, when they run
-        on this machine and there is a pair for each of its processes; else (closing
-        ``started``) one of ``workers`` (no more than the pairs) or the Dask cluster's."""
-        if started is not None and len(todo) >= started.workers and self.dask is None:
-            started.begin(self)
-            return started
+        """The pool the ``todo`` pairs run on: ``started``, given this Tester
+        (:meth:`PairPool.begin`), when they run on this machine; else (closing ``started``)
+        one of ``workers`` (no more than the pairs) or the Dask cluster's."""
+        if started is not None and self.dask is None:
+            return started.begin(self, len(todo))
         if started is not None:
             started.close()
         workers = max(1, min(self.workers, len(todo)))

@@ -132,13 +132,20 @@ class PairPool:
             pool._backend = _Processes(workers - 1, preload)
         return pool
 
-    def begin(self, state) -> None:
-        """Give a pool made by :meth:`starting` its state (the workers load it now)."""
+    def begin(self, state, items: int | None = None) -> "PairPool":
+        """Give a pool made by :meth:`starting` its state (the workers load it now) and
+        return it; with ``items`` (the number to come) fewer than its workers, this pool is
+        closed and a pool of that many (at least 1) returned instead, as :meth:`map` sends
+        the first items to the workers, which would still be starting."""
         if self.state is not _NO_STATE:
             raise RuntimeError("this PairPool has its state already")
+        if items is not None and items < self.workers:
+            self.close()
+            return PairPool(state, max(1, items))
         self.state = state
         if self._backend is not None:
             self._backend.give(state)
+        return self
 
     @property
     def in_process(self) -> bool:
