@@ -105,17 +105,19 @@ class Affine(Transform):
     def best_affine(self, points=None) -> np.ndarray:
         return self.matrix.copy()
 
-    def warp(self, moving, fixed_size=None, border_value: float = 0.0,
-             order: int = 1) -> np.ndarray:
-        """As :meth:`Transform.warp`; bilinear through ``cv2.warpAffine`` (``WARP_INVERSE_MAP``,
-        :func:`geometry.resample`), the other orders through the general path."""
+    def warp_images(self, images, fixed_size=None, border_value: float = 0.0,
+                    order: int = 1) -> list[np.ndarray]:
+        """As :meth:`Transform.warp_images`; bilinear through ``cv2.warpAffine``
+        (``WARP_INVERSE_MAP``, :func:`geometry.resample`), the other orders through the
+        general path."""
         if order != 1:
-            return super().warp(moving, fixed_size, border_value, order)
-        moving = np.asarray(moving)
+            return super().warp_images(images, fixed_size, border_value, order)
+        images = [np.asarray(image) for image in images]
         if fixed_size is None:
-            fixed_size = (moving.shape[1], moving.shape[0])
-        return warping.sample(moving, order, border_value, lambda image, flag, border:
-                              geometry.resample(image, self.matrix, fixed_size, border))
+            fixed_size = (images[0].shape[1], images[0].shape[0])
+        return [warping.sample(image, order, border_value, lambda native, flag, border:
+                               geometry.resample(native, self.matrix, fixed_size, border))
+                for image in images]
 
 
 @register_model

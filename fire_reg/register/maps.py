@@ -213,9 +213,9 @@ class VesselMaps:
         return transform.rescaled(1 / np.asarray(self.fixed_scale), 1 / np.asarray(self.moving_scale))
 
     @functools.cached_property
-    def _moving_with_fov(self) -> np.ndarray:
-        """The moving map and its field of view as one 2-channel float32 image (one warp)."""
-        return np.dstack([self.moving, self.moving_fov.astype(np.float32)])
+    def _moving_fov_values(self) -> np.ndarray:
+        """The moving field of view as float32 0 / 1, as it is warped."""
+        return self.moving_fov.astype(np.float32)
 
     def warped(self, transform: transforms.Transform) -> tuple[np.ndarray, np.ndarray]:
         """(moving map in the fixed frame, its field of view there) through ``transform``
@@ -225,8 +225,9 @@ class VesselMaps:
             hit = cache.get(id(transform))
         if hit is not None and hit[0] is transform:
             return hit[1]
-        warped = transform.warp(self._moving_with_fov, self.fixed_size)
-        result = (warped[..., 0], warped[..., 1] > 0.5)
+        warped, warped_fov = transform.warp_images([self.moving, self._moving_fov_values],
+                                                   self.fixed_size)
+        result = (warped, warped_fov > 0.5)
         with _CACHE_LOCK:
             if len(cache) >= 4:
                 cache.pop(next(iter(cache)))
