@@ -52,6 +52,17 @@ def test_output_shapes_dtypes_and_identity_at_initialisation(use_shear):
                                atol=1e-6)
 
 
+def test_inference_model_predicts_what_the_model_does_without_the_warped_patch():
+    model = network.build_model({"input_size": 32})
+    inference = network.inference_model(model)
+    inputs = _pair(32, batch=2)
+    full, reduced = model.predict_on_batch(inputs), inference.predict_on_batch(inputs)
+    assert set(reduced) == {"matrix", "matches"}
+    for name in reduced:
+        np.testing.assert_array_equal(reduced[name], full[name])
+    assert inference.count_params() == model.count_params()  # the same weights
+
+
 def test_parameter_count_is_small():
     assert network.build_model().count_params() < 1_500_000
 

@@ -411,6 +411,13 @@ def training_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, outputs, name=f"{MODEL_NAME}_training")
 
 
+def inference_model(model: keras.Model, outputs=("matrix", "matches")) -> keras.Model:
+    """``model`` with only the ``outputs`` registration reads (its layers, weights shared): a
+    pair's prediction then skips the ``"warped"`` patch, about a third of its time on a CPU."""
+    return keras.Model(model.input, {name: model.output[name] for name in outputs},
+                       name=f"{model.name}_inference")
+
+
 def network_config(model: keras.Model) -> NetworkConfig:
     """The :class:`NetworkConfig` a fire-reg model was built with, read from its layers (the
     softmax temperature is the initial one only in an untrained model: the trained value is a

@@ -165,6 +165,9 @@ class Registrar:
             from fire_reg.learn import bundle
 
             self.model, self.settings = bundle.load_model(model)
+        from fire_reg.learn import network
+
+        self._network = network.inference_model(self.model)
         self.size = self.settings.input_size
         self.preprocessing = self.settings.preprocessing
         self.work_width = self.preprocessing.work_width
@@ -338,7 +341,7 @@ class Registrar:
         """The network's normalised matrix (heads) and match logits for one input pair."""
         batch = {"fixed": fixed_in[None, ..., None].astype(np.float32),
                  "moving": moving_in[None, ..., None].astype(np.float32)}
-        outputs = self.model.predict_on_batch(batch)  # compiled once, then fast
+        outputs = self._network.predict_on_batch(batch)  # compiled once, then fast
         return np.asarray(outputs["matrix"][0], np.float64), np.asarray(outputs["matches"][0])
 
     def register_files(self, fixed_path, moving_path) -> Registration:
