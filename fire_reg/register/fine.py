@@ -202,15 +202,10 @@ def match_tiles(maps: VesselMaps, transform: transforms.Transform, radius: int,
 
 def _tile_sums(table: np.ndarray, ys, xs, tile: int) -> np.ndarray:
     """Sums over the ``tile`` px squares with top-left corners (``ys``, ``xs``) (arrays of
-    any one shape), from the integral image ``table`` (:func:`cv2.integral`)."""
+    any one shape), from the integral image ``table`` (:func:`cv2.integral`); given a sliding
+    window view of the table (windows n x n), the (..., n, n) sums at every offset of each
+    window."""
     return table[ys + tile, xs + tile] - table[ys, xs + tile] - table[ys + tile, xs] + table[ys, xs]
-
-
-def _box_sums(image: np.ndarray, tile: int) -> np.ndarray:
-    """(H - tile + 1, W - tile + 1) sums over every ``tile`` px square of ``image``, by its
-    top-left corner (from the integral image, as :func:`_tile_sums`)."""
-    table = cv2.integral(image)
-    return table[tile:, tile:] - table[:-tile, tile:] - table[tile:, :-tile] + table[:-tile, :-tile]
 
 
 def _vessel_tiles(fixed: np.ndarray, tile: int, step: int, radius: int, min_content: float):
@@ -248,10 +243,9 @@ def _normalised(products, warped, corners, energies, tile: int) -> np.ndarray:
     under it (from integral images), with OpenCV's rules for ``TM_CCOEFF_NORMED``: 0 where
     that square is flat (its variance sum at most 10 float32 epsilons of its sum of
     squares), +-1 for a ratio just past 1 by rounding, 0 beyond."""
-    values = warped.astype(np.float64)
-    sums, squares = (np.lib.stride_tricks.sliding_window_view(
-        _box_sums(image, tile), products.shape[1:])[corners[:, 0], corners[:, 1]]
-        for image in (values, np.square(values)))
+    sums, squares = (_tile_sums(np.lib.stride_tricks.sliding_window_view(
+        table, products.shape[1:]), corners[:, 0], corners[:, 1], tile)
+        for table in cv2.integral2(warped, sdepth=cv2.CV_64F, sqdepth=cv2.CV_64F))
     variance = np.maximum(squares - sums ** 2 / (tile * tile), 0.0)
     flat = variance <= np.minimum(0.5, 10 * np.finfo(np.float32).eps * squares)
     scale = np.where(flat, 0.0, np.sqrt(variance * energies[:, None, None]))
