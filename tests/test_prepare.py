@@ -113,3 +113,32 @@ def test_files_written_from_a_prepared_fixed_image_are_the_same(small_fire, tiny
     with pytest.raises(ValueError, match="prepared from pixels"):
         write_files(tmp_path / "none", result, from_pixels, moving_path)
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("transform", ["local", "affine", "none"])
+def test_groundwork_makes_every_tile_grid_the_pair_uses(small_fire, tiny_model_path,
+                                                        monkeypatch, transform):
+    """The tiles the Registrar makes while the network runs (fine.groundwork,
+    trust.groundwork) are the very ones the fine stage and trust then match: none is made
+    after the groundwork, and none goes unused."""
+    data = FireDataset(small_fire)
+    registrar = Registrar(tiny_model_path, transform=transform)
+    prepared = registrar.prepare_file(data["S01"].fixed_path)
+    derived = prepared.image_map().derived
+    maps_of_pair = registrar._pair_maps((prepared, registrar.prepare_file(
+        data["S02"].moving_path)), (None, None), (None, None))[0]
+    registrar._groundwork(maps_of_pair)
+    made = {key for key in derived if key[0] == "vessel tiles"}
+    assert len(made) == (1 if transform == "none" else len(registrar.config.fine.radii) + 1)
+    used = []
+    original = maps.VesselMaps.fixed_derived
+
+    def recorded(self, key, make):
+        used.append(key)
+        return original(self, key, make)
+
+    monkeypatch.setattr(maps.VesselMaps, "fixed_derived", recorded)
+    tiles = _counting(monkeypatch, fine, "_vessel_tiles")
+    registrar.register_files(prepared, data["S02"].moving_path)
+    assert not tiles  # every grid was there already
+    assert {key for key in used if key[0] == "vessel tiles"} == made

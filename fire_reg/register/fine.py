@@ -164,16 +164,10 @@ def match_tiles(maps: VesselMaps, transform: transforms.Transform, radius: int,
     normalisation (:func:`_normalised`, from integral images of the warped map), the peak,
     the edge check and the sub-pixel parabola of every tile at once.
     """
-    unit = maps.width / options.reference_width
-    tile = max(8, int(round(options.tile * unit)))
-    step = max(4, int(round((step or options.step) * unit)))
-    radius = max(2, int(round(radius * unit)))
+    (tile, step, radius), (ys, xs, templates, energies) = vessel_tiles(maps, radius, options,
+                                                                      step)
     warped, warped_fov = maps.warped(transform)
-    # the tiles with vessel content and their zero-mean pixels (the fixed map's alone: kept
-    # with it), then those wholly inside the common field of view, from integral images
-    ys, xs, templates, energies = maps.fixed_derived(
-        ("vessel tiles", tile, step, radius, options.min_content),
-        lambda: _vessel_tiles(maps.fixed, tile, step, radius, options.min_content))
+    # those wholly inside the common field of view, from integral images
     common = cv2.integral((maps.fixed_fov & warped_fov).astype(np.uint8))
     used = np.flatnonzero(_tile_sums(common, ys, xs, tile) == tile * tile)
     if not len(used):
@@ -198,6 +192,35 @@ def match_tiles(maps: VesselMaps, transform: transforms.Transform, radius: int,
     centres = np.stack([xs[used][keep], ys[used][keep]], axis=1) + (tile - 1) / 2.0
     offsets = np.stack([cols - radius + dx, rows - radius + dy], axis=1)
     return Matches(centres, transform.fixed_to_moving(centres + offsets), best)
+
+
+def vessel_tiles(maps: VesselMaps, radius: int, options: FineOptions = FineOptions(),
+                 step: int | None = None):
+    """((tile, step, radius) in map px, (ys, xs, templates, energies)): the fixed map's tiles
+    that :func:`match_tiles` with these arguments matches (:func:`_vessel_tiles`), made once
+    per fixed map and kept with it (:meth:`VesselMaps.fixed_derived`)."""
+    unit = maps.width / options.reference_width
+    tile = max(8, int(round(options.tile * unit)))
+    step = max(4, int(round((step or options.step) * unit)))
+    radius = max(2, int(round(radius * unit)))
+    return (tile, step, radius), maps.fixed_derived(
+        ("vessel tiles", tile, step, radius, options.min_content),
+        lambda: _vessel_tiles(maps.fixed, tile, step, radius, options.min_content))
+
+
+def passes(options: FineOptions) -> list[tuple[int, int]]:
+    """(search radius, tile step) of each pass of :func:`fine_stage`: ``start_step`` but in
+    the last pass (px at ``reference_width``)."""
+    last = len(options.radii) - 1
+    return [(radius, options.step if number == last else options.start_step)
+            for number, radius in enumerate(options.radii)]
+
+
+def groundwork(maps: VesselMaps, options: FineOptions = FineOptions()) -> None:
+    """Make now what :func:`fine_stage` derives from the fixed map alone (the tiles of every
+    pass), so that it can be made while other work runs (the network)."""
+    for radius, step in passes(options):
+        vessel_tiles(maps, radius, options, step)
 
 
 def _tile_sums(table: np.ndarray, ys, xs, tile: int) -> np.ndarray:
@@ -355,8 +378,7 @@ def fine_stage(maps: VesselMaps, start: transforms.Transform, model: str = "quad
     unit = maps.width / options.reference_width
     current, kept, notes = start, None, []
     inliers = Matches(np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0))
-    for number, radius in enumerate(options.radii, 1):
-        step = options.step if number == len(options.radii) else options.start_step
+    for radius, step in passes(options):
         matches = match_tiles(maps, current, radius, options, step)
         domain = maps.common_points(current)
         area = len(domain) * 256.0  # one point per 16 x 16 px

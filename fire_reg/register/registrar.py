@@ -36,11 +36,12 @@ from fire_reg import geometry
 from fire_reg.config import Config, FieldError, setting
 from fire_reg.imaging import modality as modalities
 from fire_reg.register.ecc import EccOptions, ecc_on_maps
+from fire_reg.register import fine
 from fire_reg.register.fine import FineOptions, fine_stage
 from fire_reg.register.trust import TrustOptions
 from fire_reg.io.images import image_size, read_for_width
 from fire_reg.imaging.vessels import reduce
-from fire_reg.register.maps import ImageMap, PreparedImage, VesselMaps, side_by_side
+from fire_reg.register.maps import ImageMap, PreparedImage, VesselMaps, _pool, side_by_side
 from fire_reg.geometry import transforms
 from fire_reg.register import trust
 from fire_reg.register.result import Registration, register_files
@@ -226,7 +227,9 @@ class Registrar:
         maps, pair_modalities = self._pair_maps(sides, (fixed_mask, moving_mask),
                                                 modalities_given)
         polarities = tuple(modalities.polarity(name) for name in pair_modalities)
+        groundwork = _pool().submit(self._groundwork, maps)  # on a core the network leaves idle
         estimate, similarity = self._network_estimate(maps)
+        groundwork.result()
         stages = {"network": maps.to_full(estimate)}
         reason = "network"
         if self.config.refine == "ecc":
@@ -249,6 +252,13 @@ class Registrar:
                             overlap=verdict.overlap, similarity=similarity,
                             checks=verdict.checks, stages=stages,
                             modalities=dict(zip(("fixed", "moving"), pair_modalities)))
+
+    def _groundwork(self, maps: VesselMaps) -> None:
+        """What the fine stage and trust derive from the fixed map alone (their tiles), made
+        while the network runs (kept with the fixed map: a prepared reference has them)."""
+        if self.config.transform != "none":
+            fine.groundwork(maps, self.config.fine)
+        trust.groundwork(maps, self.config.trust)
 
     def _pair_maps(self, sides, masks, given) -> tuple[VesselMaps, tuple[str, str]]:
         """The pair's vessel maps and (fixed, moving) modalities, both sides (:meth:`_side`)

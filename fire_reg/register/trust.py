@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fire_reg.config import Config
-from fire_reg.register.fine import FineOptions, fit_trimmed, heldout_residual, match_tiles
+from fire_reg.register.fine import (FineOptions, fit_trimmed, heldout_residual, match_tiles,
+                                   vessel_tiles)
 from fire_reg.register.maps import VesselMaps
 from fire_reg.register.result import error_phrase
 from fire_reg import geometry
@@ -101,6 +102,12 @@ def shape_checks(matrix, options: TrustOptions) -> dict:
         checks["shear"] = {"value": float(params.shear),
                            "ok": bool(abs(params.shear) <= options.max_shear)}
     return checks
+
+
+def groundwork(maps: VesselMaps, options: TrustOptions) -> None:
+    """Make now what :func:`evidence` derives from the fixed map alone (its tiles), so that it
+    can be made while other work runs (the network)."""
+    vessel_tiles(maps, options.radius, options.fine)
 
 
 def evidence(maps: VesselMaps, transform: transforms.Transform,
