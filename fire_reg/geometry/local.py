@@ -121,11 +121,18 @@ class Grid:
         """This grid's knots with the coefficients minimising the data term (``normal`` and
         ``rhs`` from :class:`Design`, ``weight_sum`` its total weight) plus ``smoothing x``
         (mean weight per knot) ``x`` (bending energy + ``ridge`` x squared coefficients)."""
+        return self.solved_each(normal, rhs, weight_sum, [smoothing], ridge)[0]
+
+    def solved_each(self, normal, rhs, weight_sum: float, smoothings,
+                    ridge: float = RIDGE) -> list["Grid"]:
+        """:meth:`solved` at each of ``smoothings``, the systems solved in one call."""
         _, ny, nx = self.grid.shape
         scale = max(weight_sum / (nx * ny), 1e-12)
-        penalty = smoothing * scale * (_bending(ny, nx) + ridge * np.eye(nx * ny))
-        solution = np.linalg.solve(normal + penalty, rhs)
-        return Grid(solution.T.reshape(2, ny, nx), self.knots)
+        penalties = np.multiply.outer(np.asarray(smoothings, np.float64) * scale,
+                                      _bending(ny, nx) + ridge * np.eye(nx * ny))
+        solutions = np.linalg.solve(normal + penalties, np.broadcast_to(
+            rhs, (len(penalties),) + np.shape(rhs)))
+        return [Grid(solution.T.reshape(2, ny, nx), self.knots) for solution in solutions]
 
     def values(self, points, slopes: bool = False):
         """(N, 2) displacements at (N, 2) points; with ``slopes`` also the (N, 2, 2) Jacobian
@@ -233,10 +240,13 @@ class Design:
     def values(self, field: Grid, subset=slice(None)) -> np.ndarray:
         """(N, 2) displacements of ``field`` (a grid with these knots) at the points (those
         ``subset`` selects: a bool mask or indices)."""
-        flat = field.grid.reshape(2, -1)
+        return self.values_each([field], subset)[0]
+
+    def values_each(self, fields: list[Grid], subset=slice(None)) -> np.ndarray:
+        """(F, N, 2): :meth:`values` of each of ``fields``, at once."""
+        flat = np.stack([field.grid.reshape(2, -1) for field in fields])
         index, weights = self.index[subset], self.weights[subset]
-        return np.stack([np.sum(weights * component[index], axis=1) for component in flat],
-                        axis=1)
+        return np.sum(weights * flat[:, :, index], axis=-1).transpose(0, 2, 1)
 
     def fit(self, residuals, weights, smoothing: float = SMOOTHING,
             bounded: bool = True) -> Grid:
@@ -296,11 +306,10 @@ class Evidence:
                                   weights=self.weights[train])
             residuals = self.moving - base.fixed_to_moving(self.fixed)
             base_errors[test] = np.linalg.norm(residuals[test], axis=1)
-            system = self.design.system(residuals, self.weights * train)
-            for smoothing in smoothings:
-                field = self.design.grid.solved(*system, smoothing)
-                local_errors[smoothing][test] = np.linalg.norm(
-                    residuals[test] - self.design.values(field, test), axis=1)
+            fields = self.design.grid.solved_each(
+                *self.design.system(residuals, self.weights * train), smoothings)
+            for smoothing, values in zip(smoothings, self.design.values_each(fields, test)):
+                local_errors[smoothing][test] = np.linalg.norm(residuals[test] - values, axis=1)
         return base_errors, local_errors
 
     def transform(self, base: Transform, keep=None, smoothing: float = SMOOTHING,
