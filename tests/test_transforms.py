@@ -84,9 +84,9 @@ def test_warp_samples_the_moving_image_at_fixed_to_moving(transform):
 @pytest.mark.parametrize("transform", sample_transforms(), ids=lambda t: t.model)
 def test_warp_images_samples_float_images_at_exact_positions(transform):
     """warp_images warps each image as warp does, and a float32 image of one channel is
-    sampled at the map's exact positions: bilinear interpolation within float rounding, not
-    OpenCV's 1/32 px grid of other channel counts (VesselMaps warps its map and field of
-    view apart for this, and for speed)."""
+    sampled at the map's exact positions: with OpenCV 5, bilinear interpolation within float
+    rounding, not the 1/32 px grid of other channel counts (VesselMaps warps its map and
+    field of view apart for this, and for speed); OpenCV 4 samples every image on that grid."""
     rng = np.random.default_rng(3)
     moving = cv2.GaussianBlur(rng.random((SIZE[1], SIZE[0])).astype(np.float32), (0, 0), 2)
     mask = (moving > moving.mean()).astype(np.float32)
@@ -102,7 +102,10 @@ def test_warp_images_samples_float_images_at_exact_positions(transform):
     bilinear = ((1 - fx) * (1 - fy) * image[y0, x0] + fx * (1 - fy) * image[y0, x0 + 1]
                 + (1 - fx) * fy * image[y0 + 1, x0] + fx * fy * image[y0 + 1, x0 + 1])
     got = warped[points[:, 1].astype(int), points[:, 0].astype(int)]
-    assert np.abs(got - bilinear).max() < 1e-5  # the 1/32 px grid is off by up to ~1e-3 here
+    exact = int(cv2.__version__.split(".")[0]) >= 5
+    grid_error = np.abs(np.gradient(image)).max() / 32  # positions off by up to 1/64 px a side
+    assert np.abs(got - bilinear).max() < (1e-5 if exact else grid_error)
+    assert grid_error > 1e-4  # (the grid would be seen)
 
 
 def test_fast_quadratic_map_agrees_with_the_generic_one_at_fire_size():
