@@ -19,9 +19,10 @@ the pixels to compare (None: all); higher is more alike.
 Elsewhere the same NCC comes from OpenCV: the fine stage's tile matching
 (:func:`fire_reg.register.fine.match_tiles`) computes ``cv2.TM_CCOEFF_NORMED``, :func:`ncc` of
 the template and each window position (from ``cv2.matchTemplate``'s plain correlation of the
-zero-mean template and integral images of the window), and the correlation ``cv2.findTransformECC`` returns (its
-acceptance in :func:`fire_reg.register.ecc.ecc_on_maps`) is :func:`ncc` of the template and the
-warped input inside the mask, after OpenCV's Gaussian filter.
+zero-mean template and integral images of the window), and the correlation
+``cv2.findTransformECC`` returns (its acceptance in :func:`fire_reg.register.ecc.ecc_on_maps`)
+is :func:`ncc` of the template and the warped input inside the mask, after OpenCV's Gaussian
+filter.
 """
 from __future__ import annotations
 

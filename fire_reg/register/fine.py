@@ -186,9 +186,8 @@ def match_tiles(maps: VesselMaps, transform: transforms.Transform, radius: int,
     keep = (best >= options.min_score) & (rows > 0) & (rows < 2 * radius) & (cols > 0) & (
         cols < 2 * radius)
     index, rows, cols, best = np.flatnonzero(keep), rows[keep], cols[keep], best[keep]
-    at = scores[index, rows, cols]
-    dx = _subpixel(scores[index, rows, cols - 1], at, scores[index, rows, cols + 1])
-    dy = _subpixel(scores[index, rows - 1, cols], at, scores[index, rows + 1, cols])
+    dx = _subpixel(scores[index, rows, cols - 1], best, scores[index, rows, cols + 1])
+    dy = _subpixel(scores[index, rows - 1, cols], best, scores[index, rows + 1, cols])
     centres = np.stack([xs[used][keep], ys[used][keep]], axis=1) + (tile - 1) / 2.0
     offsets = np.stack([cols - radius + dx, rows - radius + dy], axis=1)
     return Matches(centres, transform.fixed_to_moving(centres + offsets), best)
