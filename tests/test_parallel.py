@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent import futures
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,55 @@ def test_stop_lets_the_items_in_flight_finish_and_starts_no_more(workers):
             seen.append(item)
             assert result == item
     assert 1 <= len(seen) <= workers  # those running: one here, one per worker process
+
+
+class InstantWorkers:
+    """A stand-in for the worker processes whose items are finished as soon as they are sent,
+    as they are when the workers are quicker than this process's own item."""
+
+    def __init__(self, slots: int):
+        self.sent = []
+        self._slots = slots
+
+    def slots(self):
+        return self._slots
+
+    def submit(self, function, item):
+        future = futures.Future()
+        future.set_result(item)  # (what ``function`` would give for these items)
+        self.sent.append(future)
+        return future
+
+    def finished(self, pending, wait=True):
+        return set(pending)
+
+    def result(self, future):
+        self.sent.remove(future)
+        return future.result()
+
+    def stop(self):
+        pass
+
+    def close(self, drop):
+        pass
+
+
+def test_the_workers_slots_are_filled_again_before_each_item_of_this_process():
+    """Results that came in while this process ran its own item free their slots at once:
+    the workers never wait a whole item of this process for their next one."""
+    workers = InstantWorkers(slots=2)
+    in_flight_here = []
+
+    def item_here(state, item):
+        in_flight_here.append(len(workers.sent))
+        return item
+
+    pool = PairPool(None, workers=3)
+    pool._backend = workers
+    with pool:
+        results = dict(pool.map(item_here, range(12)))
+    assert results == {item: item for item in range(12)}
+    assert in_flight_here[:3] == [2, 2, 2]  # while items were left for the workers
 
 
 def test_a_worker_killed_mid_item_is_that_item_s_loss_and_the_pool_goes_on():

@@ -182,12 +182,17 @@ class PairPool:
             self._backend = _Processes(self.workers - 1)
             self._backend.give(self.state)
         backend, queue, pending, exhausted = self._backend, iter(items), {}, False
-        while True:
+
+        def send_ahead() -> None:
+            nonlocal exhausted
             while not exhausted and not stop() and len(pending) < backend.slots():
                 item = next(queue, _END)
                 exhausted = item is _END
                 if not exhausted:
                     pending[backend.submit(function, item)] = item
+
+        while True:
+            send_ahead()
             if stop():
                 backend.stop()
             here = self.dask is None and not exhausted and not stop()  # an item for us
@@ -203,6 +208,7 @@ class PairPool:
                     result = lost(item, error)
                 if result is not _Skipped:
                     yield item, result
+            send_ahead()  # the slots just freed, before this process takes an item of its own
             if here:
                 item = next(queue, _END)
                 exhausted = item is _END
