@@ -27,7 +27,9 @@
 
 A worker process takes seconds to start (it imports TensorFlow and loads the model); this
 process works from the first second. Two items per worker process are sent ahead (one
-running, one waiting), one per thread of a Dask cluster. ``stop()`` is asked before each
+running, one waiting), one per thread of a Dask cluster; the slots of the items that came
+back are filled again before this process takes an item of its own, so a worker never waits
+for this process to finish its item. ``stop()`` is asked before each
 new item starts: once it is true, no item starts (a worker skips those waiting), and those
 running are waited for and yielded. An exception that ends the iteration early (a second
 Ctrl-C: ``Interrupted``) drops the items in flight: :meth:`PairPool.close` kills the worker
