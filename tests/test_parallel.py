@@ -162,6 +162,17 @@ def test_the_workers_slots_are_filled_again_before_each_item_of_this_process():
     assert in_flight_here[:3] == [2, 2, 2]  # while items were left for the workers
 
 
+def test_a_stop_asked_while_results_come_in_starts_nothing_here():
+    ran_here, seen = [], []
+    pool = PairPool(None, workers=2)
+    pool._backend = InstantWorkers(slots=2)
+    with pool:
+        for item, _ in pool.map(lambda state, item: ran_here.append(item) or item, range(12),
+                                stop=lambda: bool(seen)):
+            seen.append(item)  # a signal while the first result is handled
+    assert seen == [0, 1] and ran_here == []  # the two sent ahead, and nothing started after
+
+
 def test_a_worker_killed_mid_item_is_that_item_s_loss_and_the_pool_goes_on():
     lost = []
     with PairPool(None, workers=2) as pool:

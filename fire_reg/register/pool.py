@@ -211,7 +211,7 @@ class PairPool:
                 if result is not _Skipped:
                     yield item, result
             send_ahead()  # the slots just freed, before this process takes an item of its own
-            if here:
+            if here and not stop():  # (a stop asked while the results above were handled)
                 item = next(queue, _END)
                 exhausted = item is _END
                 if not exhausted:
