@@ -131,7 +131,7 @@ class InstantWorkers:
         return future
 
     def finished(self, pending, wait=True):
-        return set(pending)
+        return list(pending)  # in the order sent (a set's order would vary from run to run)
 
     def result(self, future):
         self.sent.remove(future)

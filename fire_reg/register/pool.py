@@ -193,8 +193,8 @@ class PairPool:
                 if not exhausted:
                     pending[backend.submit(function, item)] = item
 
+        send_ahead()
         while True:
-            send_ahead()
             if stop():
                 backend.stop()
             here = self.dask is None and not exhausted and not stop()  # an item for us
