@@ -6,6 +6,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def jax_compile_cache(tmp_path_factory):
+    """Commands run by the tests keep JAX's compiled functions here, not in ~/.cache
+    (:func:`fire_reg.cli.commands.keep_compiled`); shared by the session's processes."""
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax")))
+
+
 @pytest.fixture(scope="session")
 def small_fire(tmp_path_factory):
     """Embedded FIRE-layout set at 384 px: 2 S, 1 P and 1 A pairs (exact ground truth)."""

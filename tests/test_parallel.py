@@ -318,6 +318,22 @@ def test_a_prepared_file_and_a_pickled_registrar_give_the_same_result(small_fire
         assert (result.status, result.fixed_size) == (plain.status, plain.fixed_size)
 
 
+def test_a_registrar_travels_as_the_bytes_of_its_model_file(small_fire, tiny_model_path):
+    """A registrar loaded from a file is pickled as that file's bytes (Keras' own pickling
+    imports TensorFlow under every backend: seconds for each batch's workers); one made from
+    a model in memory is pickled by Keras. Both give the same result once unpickled."""
+    pair = FireDataset(small_fire)["S01"]
+    registrar = Registrar(tiny_model_path)
+    in_memory = Registrar((registrar.model, registrar.settings))
+    assert registrar.__getstate__()["archive"] == tiny_model_path.read_bytes()
+    assert "archive" not in in_memory.__getstate__()
+    plain = registrar.register_files(pair.fixed_path, pair.moving_path)
+    for copy in (pickle.loads(pickle.dumps(made)) for made in (registrar, in_memory)):
+        result = copy.register_files(pair.fixed_path, pair.moving_path)
+        np.testing.assert_array_equal(result.matrix, plain.matrix)
+        assert result.status == plain.status
+
+
 # --------------------------------------------------------------------------- the commands
 
 GRID = np.stack(np.meshgrid(np.linspace(0, 383, 9), np.linspace(0, 383, 9)), -1).reshape(-1, 2)
@@ -428,15 +444,42 @@ def test_dask_missing_is_one_line_naming_the_extra(small_fire, tmp_path, capsys,
                    "pip install 'fire-reg[dask]'"] and not out.exists()
 
 
-@pytest.mark.parametrize("images, light", [(["f.jpg", "m.jpg"], True),
-                                           (["f.jpg", "m1.jpg", "m2.jpg"], False)])
-def test_a_series_keeps_the_batches_backend(monkeypatch, images, light):
-    """A single pair starts on Keras' light numpy backend; a series is a batch and keeps the
-    default one (its per-pair inference is faster, and its results are the batch's)."""
+@pytest.mark.parametrize("argv, backend", [
+    (["register", "f.jpg", "m.jpg", "--out", "o"], "numpy"),
+    (["register", "f.jpg", "m1.jpg", "m2.jpg", "--out", "o"], "jax"),
+    (["register", "--batch", "pairs.csv", "--out", "o"], "jax"),
+    (["evaluate", "--fire", "fire", "--out", "o"], "jax"),
+    (["train", "--data", "shards", "--out", "o"], None)])
+def test_commands_that_register_choose_a_quick_starting_backend(monkeypatch, tmp_path, argv,
+                                                                backend):
+    """A single pair starts on Keras' light numpy backend; a series, a batch and evaluation
+    run on JAX with its compiled functions kept on disk; training keeps Keras' default."""
     from fire_reg.cli import commands
 
-    environment = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
+    environment = {key: value for key, value in os.environ.items()
+                   if key != "KERAS_BACKEND" and not key.startswith("JAX_")}
+    environment["XDG_CACHE_HOME"] = str(tmp_path)
     monkeypatch.setattr(os, "environ", environment)
     monkeypatch.delitem(sys.modules, "keras", raising=False)
-    commands._choose_backend(commands._parser().parse_args(["register", *images, "--out", "o"]))
-    assert (environment.get("KERAS_BACKEND") == commands.LIGHT_BACKEND) == light
+    commands._choose_backend(commands._parser().parse_args(argv))
+    assert environment.get("KERAS_BACKEND") == backend
+    cache = tmp_path / "fire-reg" / "jax"
+    assert (environment.get("JAX_COMPILATION_CACHE_DIR") == str(cache)) == (backend == "jax")
+    assert cache.is_dir() == (backend == "jax")
+
+
+def test_a_compile_cache_is_kept_only_where_it_can_be_made(monkeypatch, tmp_path):
+    """The cache folder is made under XDG_CACHE_HOME; where it cannot be (a file in the
+    way) none is named and JAX compiles as usual; a folder the user named is kept."""
+    from fire_reg.cli import commands
+
+    (tmp_path / "file").write_text("not a folder")
+    for home, named, expected in [(tmp_path / "file", None, None),
+                                  (tmp_path, "/elsewhere/jax", "/elsewhere/jax")]:
+        environment = {"XDG_CACHE_HOME": str(home)}
+        if named:
+            environment["JAX_COMPILATION_CACHE_DIR"] = named
+        monkeypatch.setattr(os, "environ", environment)
+        commands.keep_compiled()
+        assert environment.get("JAX_COMPILATION_CACHE_DIR") == expected
+    assert not (tmp_path / "fire-reg").exists()

@@ -32,6 +32,11 @@ def default_model_path() -> Path:
     return Path(str(resources.files("fire_reg") / "weights" / f"{MODEL_NAME}.keras"))
 
 
+def model_path(path=None) -> Path:
+    """``path`` as a Path; the shipped model's for None."""
+    return Path(path) if path is not None else default_model_path()
+
+
 def load_model(path=None):
     """Load a fire-reg model and its settings: returns ``(keras.Model, ModelSettings)``.
 
@@ -40,7 +45,7 @@ def load_model(path=None):
     missing or unreadable, not a fire-reg model (name, inputs, outputs), or made by an older
     fire-reg without settings.
     """
-    path = Path(path) if path is not None else default_model_path()
+    path = model_path(path)
     model = _load_fire_reg_model(path)
     try:
         layer = model.get_layer(SETTINGS_LAYER)

@@ -27,8 +27,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -160,12 +162,15 @@ class Registrar:
 
     def __init__(self, model=None, config: RegistrarConfig | None = None, **changes):
         self.config = dataclasses.replace(config or RegistrarConfig(), **changes)
+        self._archive = None  # the model file's bytes, what a pickle holds (__getstate__)
         if isinstance(model, tuple):
             self.model, self.settings = model
         else:
             from fire_reg.learn import bundle
 
-            self.model, self.settings = bundle.load_model(model)
+            path = bundle.model_path(model)
+            self.model, self.settings = bundle.load_model(path)
+            self._archive = path.read_bytes()
         from fire_reg.learn import network
 
         self._network = network.inference_model(self.model)
@@ -361,9 +366,12 @@ class Registrar:
         return register_files(self, fixed_path, moving_path)
 
     def __getstate__(self) -> dict:
-        """What a pickle holds (a worker process gets the registrar this way): the config,
-        the model pickled by Keras (a ``.keras`` archive in bytes) and its settings as plain
-        JSON."""
+        """What a pickle holds (a worker process gets the registrar this way): the config and
+        the model: the bytes of the file it was loaded from, else the model pickled by Keras
+        (a ``.keras`` archive made now; Keras then imports TensorFlow, seconds under another
+        backend) with its settings as plain JSON."""
+        if self._archive is not None:
+            return {"config": self.config, "archive": self._archive}
         return {"config": self.config, "model": pickle.dumps(self.model),
                 "settings": json.loads(json.dumps(self.settings.to_dict()))}
 
@@ -371,5 +379,11 @@ class Registrar:
         import fire_reg.learn.network  # noqa: F401  (registers fire-reg's layers with Keras)
         from fire_reg.learn.settings import ModelSettings
 
+        if "archive" in state:  # loaded as the file was, from a copy in a temporary folder
+            with tempfile.TemporaryDirectory(prefix="fire-reg-model-") as folder:
+                path = Path(folder) / "model.keras"
+                path.write_bytes(state["archive"])
+                self.__init__(path, state["config"])
+            return
         model = pickle.loads(state["model"])
         self.__init__((model, ModelSettings.from_dict(state["settings"])), state["config"])
