@@ -258,8 +258,9 @@ def markdown(figures: dict) -> str:
               "(Python API, batches, evaluation) decoding and registering P01 takes "
               f"{figures.get('register_files_p01_seconds', nan):.2f} s; `register --batch` "
               f"runs {figures['register_batch_pairs_per_second']:.2f} pairs/s on the 1411 px "
-              "set, start-up, decoding and writing included; the s/pair columns above are "
-              "registration alone. Training: "
+              "set (default workers, Keras on JAX), decoding and writing included (from its "
+              "first pair: the command's own start-up, 4-5 s, not counted; its "
+              "workers' is); the s/pair columns above are registration alone. Training: "
               f"{figures['training_samples_per_second']:.0f} samples/s (batch 32, 128 px, "
               "TensorFlow).", ""]
     return "\n".join(lines)

@@ -223,7 +223,7 @@ def register_batch(args, make_registrar) -> int:
 
 
 REGISTRAR_MODULES = ("fire_reg.register.registrar", "fire_reg.learn.network")
-"""What a worker process imports while this process loads the model (Keras, TensorFlow)."""
+"""What a worker process imports while this process loads the model (Keras and its backend)."""
 
 
 def _starting_pool(args, rows: int) -> PairPool:

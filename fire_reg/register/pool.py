@@ -16,8 +16,8 @@
   a worker ignores SIGINT and SIGTERM (this process decides what a signal stops), makes its
   temporary files in a folder this process removes when the pool closes, and exits when this
   process is gone. :meth:`PairPool.starting` starts the workers before the state exists:
-  they import what it needs (``preload``: TensorFlow, seconds) while this process builds it,
-  and load it once :meth:`PairPool.begin` gives it.
+  they import what it needs (``preload``: Keras and its backend, seconds) while this process
+  builds it, and load it once :meth:`PairPool.begin` gives it.
 * ``dask="tcp://host:8786"``: the workers of a Dask ``distributed`` cluster (the optional
   extra ``fire-reg[dask]``). ``state`` is sent to every worker once
   (``Client.scatter(..., broadcast=True)``) and unpickled once per worker process; the items
@@ -25,7 +25,7 @@
   thread each (``dask worker ADDRESS --nthreads 1``): a worker's pairs then run one at a time,
   as in a worker process here.
 
-A worker process takes seconds to start (it imports TensorFlow and loads the model); this
+A worker process takes seconds to start (it imports Keras and its backend and loads the model); this
 process works from the first second. Two items per worker process are sent ahead (one
 running, one waiting), one per thread of a Dask cluster; the slots of the items that came
 back are filled again before this process takes an item of its own, so a worker never waits
@@ -126,9 +126,9 @@ class PairPool:
     @classmethod
     def starting(cls, workers: int, preload: tuple[str, ...] = ()) -> "PairPool":
         """A pool of ``workers`` on this machine whose worker processes start now, before its
-        state exists, and import the ``preload`` modules meanwhile (TensorFlow: the seconds a
-        worker takes to start overlap this process building the state); :meth:`begin` gives
-        the state. Closed without one, its workers are killed."""
+        state exists, and import the ``preload`` modules meanwhile (Keras and its backend: the
+        seconds a worker takes to start overlap this process building the state);
+        :meth:`begin` gives the state. Closed without one, its workers are killed."""
         pool = cls(_NO_STATE, workers)
         if not pool.in_process:
             pool._backend = _Processes(workers - 1, preload)
@@ -262,7 +262,7 @@ def _start_worker(state_path: str, threads: int, scratch: str, parent: int, stop
         _worker["error"] = WorkerStartError(f"a worker could not load its state: "
                                             f"{type(error).__name__}: {error}")
     # registered last, so run first at exit: every result has been sent by then (the pool's
-    # result queue writes through), and TensorFlow's teardown would take a second or more
+    # result queue writes through), and the backend's teardown would take a second or more
     atexit.register(os._exit, 0)
 
 
