@@ -3,6 +3,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Keras is imported here, on its default backend (or KERAS_BACKEND), so that a command run in
+# this process never picks one for the whole session (fire_reg.cli.commands._choose_backend)
+import keras  # noqa: E402,F401
 import pytest  # noqa: E402
 
 

@@ -318,6 +318,30 @@ def test_a_prepared_file_and_a_pickled_registrar_give_the_same_result(small_fire
         assert (result.status, result.fixed_size) == (plain.status, plain.fixed_size)
 
 
+def test_a_model_file_that_changes_while_it_loads_is_refused(monkeypatch, tmp_path,
+                                                             tiny_model_path):
+    """The bytes a worker is sent are those the model was loaded from: a file replaced while
+    it loads (a checkpoint written there) is an InputError naming it, not a mix of two."""
+    from fire_reg.learn import bundle
+
+    path = tmp_path / "best.keras"
+    shutil.copyfile(tiny_model_path, path)
+    model, settings, archive = bundle.load_archive(path)
+    assert archive == path.read_bytes() and settings.input_size == 32
+    load = bundle.load_model
+
+    def replaced_meanwhile(where):
+        loaded = load(where)
+        shutil.copyfile(tiny_model_path, tmp_path / "next.keras")
+        os.replace(tmp_path / "next.keras", path)  # as a checkpoint is written
+        return loaded
+
+    monkeypatch.setattr(bundle, "load_model", replaced_meanwhile)
+    with pytest.raises(InputError, match="changed while it was loaded") as raised:
+        Registrar(path)
+    assert str(path) in str(raised.value)
+
+
 def test_a_registrar_travels_as_the_bytes_of_its_model_file(small_fire, tiny_model_path):
     """A registrar loaded from a file is pickled as that file's bytes (Keras' own pickling
     imports TensorFlow under every backend: seconds for each batch's workers); one made from
@@ -449,23 +473,38 @@ def test_dask_missing_is_one_line_naming_the_extra(small_fire, tmp_path, capsys,
     (["register", "f.jpg", "m1.jpg", "m2.jpg", "--out", "o"], "jax"),
     (["register", "--batch", "pairs.csv", "--out", "o"], "jax"),
     (["evaluate", "--fire", "fire", "--out", "o"], "jax"),
+    (["evaluate", "--fire", "fire", "--out", "o", "--no-model"], None),
     (["train", "--data", "shards", "--out", "o"], None)])
+@pytest.mark.parametrize("chosen", [None, "tensorflow", "torch", "jax"])
 def test_commands_that_register_choose_a_quick_starting_backend(monkeypatch, tmp_path, argv,
-                                                                backend):
+                                                                backend, chosen):
     """A single pair starts on Keras' light numpy backend; a series, a batch and evaluation
-    run on JAX with its compiled functions kept on disk; training keeps Keras' default."""
+    run on JAX with its compiled functions kept on disk; training, and evaluation without a
+    model, keep Keras' default. A backend the user chose wins (KERAS_BACKEND, or keras.json
+    naming another than the TensorFlow Keras writes there itself); JAX chosen so keeps its
+    compiled functions too."""
     from fire_reg.cli import commands
 
     environment = {key: value for key, value in os.environ.items()
                    if key != "KERAS_BACKEND" and not key.startswith("JAX_")}
-    environment["XDG_CACHE_HOME"] = str(tmp_path)
+    environment.update(XDG_CACHE_HOME=str(tmp_path), KERAS_HOME=str(tmp_path / "keras"))
+    (tmp_path / "keras").mkdir()
+    if chosen is not None:  # in keras.json, or in the environment
+        (tmp_path / "keras" / "keras.json").write_text(json.dumps({"backend": chosen}))
     monkeypatch.setattr(os, "environ", environment)
     monkeypatch.delitem(sys.modules, "keras", raising=False)
     commands._choose_backend(commands._parser().parse_args(argv))
+    registers = argv[0] != "train" and "--no-model" not in argv
+    if chosen in ("torch", "jax"):
+        backend = None  # the user's keras.json is left to Keras
     assert environment.get("KERAS_BACKEND") == backend
     cache = tmp_path / "fire-reg" / "jax"
-    assert (environment.get("JAX_COMPILATION_CACHE_DIR") == str(cache)) == (backend == "jax")
-    assert cache.is_dir() == (backend == "jax")
+    on_jax = backend == "jax" or (chosen == "jax" and registers)
+    assert (environment.get("JAX_COMPILATION_CACHE_DIR") == str(cache)) == on_jax
+    assert cache.is_dir() == on_jax
+    environment["KERAS_BACKEND"] = "jax"  # chosen by the user: kept, with the cache
+    commands._choose_backend(commands._parser().parse_args(argv))
+    assert environment["KERAS_BACKEND"] == "jax" and cache.is_dir() == registers
 
 
 def test_a_compile_cache_is_kept_only_where_it_can_be_made(monkeypatch, tmp_path):

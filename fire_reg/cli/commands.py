@@ -7,6 +7,7 @@ SIGTERM: 128 + the signal's number, after cleaning up (:mod:`fire_reg.cli.signal
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -386,24 +387,44 @@ seconds (TensorFlow: about eight) and gives the same matrices (1e-7); inference 
 BATCH_BACKEND = "jax"
 """Keras backend of the other commands that register (a series, ``--batch``, ``evaluate``,
 ``mosaic``, ``demo``) when none is chosen: with its compiled functions kept between runs
-(:func:`keep_compiled`) it is ready about 3.5 s sooner than TensorFlow (its import) and
-predicts a pair's network input in 4-5 ms against 6 (README, "Speed")."""
+(:func:`keep_compiled`) it is ready about 3.5 s sooner than TensorFlow (its import), and
+holds about 350 MB less per process (README, "Cohorts")."""
+COMPILE_CACHE_BYTES = 256 * 2**20
+"""Largest size of JAX's compile cache (the least recently used entries go first; one model
+takes about 0.2 MB)."""
 
 
 def _choose_backend(args) -> None:
     """Run a command that registers under :data:`LIGHT_BACKEND` (a single pair) or
     :data:`BATCH_BACKEND` (more pairs, :data:`REGISTERING`) unless the user chose a backend
-    with KERAS_BACKEND or Keras is already imported; worker processes inherit it. Training
-    and the other commands keep Keras' default (TensorFlow)."""
+    (KERAS_BACKEND, or a backend other than Keras' default TensorFlow in ``keras.json``) or
+    Keras is already imported; worker processes inherit it. A command that registers on JAX
+    keeps what JAX compiles (:func:`keep_compiled`). Training and the other commands keep
+    Keras' default."""
     import importlib.util
 
-    if (args.command not in REGISTERING or "KERAS_BACKEND" in os.environ
-            or "keras" in sys.modules or not importlib.util.find_spec("jax")):
+    if args.command not in REGISTERING or getattr(args, "no_model", False):
         return
-    single = args.command == "register" and not args.batch and len(args.moving) <= 1
-    os.environ["KERAS_BACKEND"] = LIGHT_BACKEND if single else BATCH_BACKEND
-    if not single:
+    if ("KERAS_BACKEND" not in os.environ and "keras" not in sys.modules
+            and _configured_backend() in (None, "tensorflow")
+            and importlib.util.find_spec("jax")):
+        single = args.command == "register" and not args.batch and len(args.moving) <= 1
+        os.environ["KERAS_BACKEND"] = LIGHT_BACKEND if single else BATCH_BACKEND
+    if (os.environ.get("KERAS_BACKEND") or _configured_backend()) == "jax":
         keep_compiled()
+
+
+def _configured_backend() -> str | None:
+    """The backend named in Keras' ``keras.json`` (``$KERAS_HOME``, default ``~/.keras``), or
+    None. Keras writes that file on its first import, naming TensorFlow: only another name
+    is a choice of the user's."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as file:
+            backend = json.load(file).get("backend")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return backend if isinstance(backend, str) else None
 
 
 def keep_compiled() -> None:
@@ -411,7 +432,9 @@ def keep_compiled() -> None:
     the network's prediction) in a cache on disk, ``$XDG_CACHE_HOME/fire-reg/jax`` (default
     ``~/.cache/fire-reg/jax``), so that later runs and worker processes load the model in
     under a second; unless JAX_COMPILATION_CACHE_DIR names another. Where that folder cannot
-    be made, nothing is kept (each run compiles again)."""
+    be made, nothing is kept (each run compiles again). The cache holds at most
+    :data:`COMPILE_CACHE_BYTES` and is read and written under a file lock (``filelock``), so
+    that a command and its workers compiling at once never read an entry half written."""
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
                                                                  ".cache")
@@ -421,6 +444,7 @@ def keep_compiled() -> None:
         except OSError:
             return
         os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(COMPILE_CACHE_BYTES))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

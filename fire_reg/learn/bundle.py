@@ -64,6 +64,29 @@ def load_model(path=None):
     return model, settings
 
 
+def load_archive(path=None):
+    """:func:`load_model` with the bytes of the file it loaded: ``(model, settings, bytes)``
+    (what a worker process is sent). InputError naming the file when it changed while it was
+    loaded (a training run writing a checkpoint there, say): the model and the bytes would
+    not be the same weights."""
+    path = model_path(path)
+    before = _identity(path)
+    model, settings = load_model(path)
+    archive = path.read_bytes()
+    if before is None or _identity(path) != before:
+        raise InputError(path, "changed while it was loaded (is it being written?); try again")
+    return model, settings, archive
+
+
+def _identity(path: Path):
+    """What tells one version of a file from another: inode, size, modification time (ns)."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_ino, status.st_size, status.st_mtime_ns
+
+
 def upgrade_model(path, out_path, settings: ModelSettings):
     """Write a model made by an older fire-reg (no settings inside) to ``out_path`` with
     ``settings`` added, every weight unchanged; returns the new model. The settings must be

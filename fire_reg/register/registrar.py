@@ -155,7 +155,7 @@ class Registrar:
     its fields (``Registrar(model, transform="affine")`` is
     ``Registrar(model, dataclasses.replace(config, transform="affine"))``), checked there.
     FieldError (a ValueError) for settings out of range, before the model loads; InputError
-    for a missing or foreign model file.
+    for a missing or foreign model file, or one that changed while it loaded.
     """
 
     name = "fire-reg"
@@ -168,9 +168,7 @@ class Registrar:
         else:
             from fire_reg.learn import bundle
 
-            path = bundle.model_path(model)
-            self.model, self.settings = bundle.load_model(path)
-            self._archive = path.read_bytes()
+            self.model, self.settings, self._archive = bundle.load_archive(model)
         from fire_reg.learn import network
 
         self._network = network.inference_model(self.model)
