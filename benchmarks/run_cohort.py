@@ -19,7 +19,8 @@ around the registration, not about the fine stage's richest model).
    series ``register FIXED M1 ... M20`` (the reference prepared once) and as 20 independent
    pairs (a batch whose rows name the reference through 20 different file names), both with
    ``--workers 1``, twice each, alternating; and the registration alone through the Python
-   API (``Registrar.register_files`` on the paths against ``prepare_file`` once).
+   API (``Registrar.register_files`` on the paths against ``prepare_file`` once), on Keras'
+   default backend (the commands choose their own: README, "Start-up").
 3. Memory: a ``--rows`` row batch (the 50 pairs of a 512 px embedded set, each listed
    ``rows / 50`` times under distinct ids) on the default workers, with the resident memory
    (RSS) of the command and of each worker process sampled every 0.5 s (the largest in each
