@@ -196,8 +196,9 @@ def test_an_exception_here_drops_the_items_in_flight_at_once(private_tmp):
 
 
 def imported(state, item):
-    """(state, whether the preloaded module is already imported in this process)."""
-    return state, "tabnanny" in sys.modules
+    """(state, whether the preloaded module is already imported in this process, and whether
+    the warm-up call was made here)."""
+    return state, "tabnanny" in sys.modules, os.environ.get("FIRE_REG_WARMED")
 
 
 def threads_here(state, item):
@@ -208,8 +209,10 @@ def threads_here(state, item):
 
 
 def test_a_started_pool_s_workers_import_first_and_load_the_state_given_later(private_tmp):
-    assert "tabnanny" not in sys.modules  # so the check below can fail
-    with PairPool.starting(2, preload=("tabnanny",)) as pool:
+    assert "tabnanny" not in sys.modules  # so the checks below can fail
+    assert "FIRE_REG_WARMED" not in os.environ
+    with PairPool.starting(2, preload=("tabnanny",),
+                           warm=("os:environ.setdefault", "FIRE_REG_WARMED", "yes")) as pool:
         with pytest.raises(RuntimeError, match="no state yet"):
             list(pool.map(scaled, [1]))
         time.sleep(0.5)  # the worker is up, waiting for the state
@@ -217,9 +220,20 @@ def test_a_started_pool_s_workers_import_first_and_load_the_state_given_later(pr
         with pytest.raises(RuntimeError, match="state already"):
             pool.begin(8)
         results = list(pool.map(imported, range(6)))
-    assert {state for _, (state, _) in results} == {7}
-    assert any(preloaded for _, (_, preloaded) in results)  # from the worker process
+    assert {state for _, (state, _, _) in results} == {7}
+    assert any(preloaded for _, (_, preloaded, _) in results)  # from the worker process
+    assert any(warmed == "yes" for _, (_, _, warmed) in results)
     assert not list(private_tmp.iterdir())
+
+
+def test_a_worker_s_warm_up_call_that_fails_is_ignored():
+    """The warm-up is a head start only: a model file that cannot load raises nothing there
+    (the state's own loading, or this process's, reports it)."""
+    from fire_reg.register import pool
+
+    pool._warm("fire_reg.register.registrar:Registrar.preload", "/no/such/model.keras")
+    with pytest.raises(AttributeError):
+        pool._warm("os:no_such_function")  # only what the call raises is ignored
 
 
 def test_a_started_pool_closed_without_a_state_ends_its_workers_at_once(private_tmp):
@@ -340,6 +354,26 @@ def test_a_model_file_that_changes_while_it_loads_is_refused(monkeypatch, tmp_pa
     with pytest.raises(InputError, match="changed while it was loaded") as raised:
         Registrar(path)
     assert str(path) in str(raised.value)
+
+
+def test_a_preloaded_model_is_what_a_registrar_of_the_same_file_unpickles_to(
+        monkeypatch, tmp_path, tiny_model_path):
+    """A worker loads the model file while the command loads its own (Registrar.preload):
+    the registrar it is sent then takes that model, network and compiled prediction, with
+    the configuration sent; a registrar of another file loads its own."""
+    from fire_reg.learn import network
+    from fire_reg.register import registrar as module
+
+    monkeypatch.setattr(module, "_PRELOADED", {})
+    Registrar.preload(tiny_model_path)
+    (ready,) = module._PRELOADED.values()
+    copy = pickle.loads(pickle.dumps(Registrar(tiny_model_path, transform="affine")))
+    assert copy.model is ready.model and copy._network is ready._network
+    assert (copy.config.transform, ready.config.transform) == ("affine", "local")
+    other = tmp_path / "other.keras"
+    network.build_model({"input_size": 32, "encoder_channels": [4, 8, 8, 8],
+                         "trunk_units": 8}).save(other)
+    assert pickle.loads(pickle.dumps(Registrar(other))).model is not ready.model
 
 
 def test_a_registrar_travels_as_the_bytes_of_its_model_file(small_fire, tiny_model_path):

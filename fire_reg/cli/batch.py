@@ -224,6 +224,8 @@ def register_batch(args, make_registrar) -> int:
 
 REGISTRAR_MODULES = ("fire_reg.register.registrar", "fire_reg.learn.network")
 """What a worker process imports while this process loads the model (Keras and its backend)."""
+PRELOAD_MODEL = "fire_reg.register.registrar:Registrar.preload"
+"""What a worker process calls with the model's path meanwhile (:meth:`Registrar.preload`)."""
 
 
 def _starting_pool(args, rows: int) -> PairPool:
@@ -233,7 +235,8 @@ def _starting_pool(args, rows: int) -> PairPool:
     if getattr(args, "dask", None):
         return PairPool.starting(1)
     workers = min(getattr(args, "workers", None) or default_workers(), max(1, rows))
-    return PairPool.starting(workers, preload=REGISTRAR_MODULES)
+    return PairPool.starting(workers, preload=REGISTRAR_MODULES,
+                             warm=(PRELOAD_MODEL, getattr(args, "model", None)))
 
 
 def _pool(args, starting: PairPool, state: Registering, run: dict, todo: list) -> PairPool:

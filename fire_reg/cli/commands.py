@@ -234,7 +234,7 @@ def cmd_register(args) -> int:
 def cmd_evaluate(args) -> int:
     from fire_reg.evaluate import baselines
     from fire_reg.data import fire
-    from fire_reg.cli.batch import REGISTRAR_MODULES
+    from fire_reg.cli.batch import PRELOAD_MODEL, REGISTRAR_MODULES
     from fire_reg.evaluate.tester import Tester
     from fire_reg.register.pool import PairPool, default_workers
 
@@ -252,7 +252,8 @@ def cmd_evaluate(args) -> int:
     # the worker processes (no more than the pairs) start now, while the model loads; a Dask
     # cluster's are running
     processes = 1 if args.dask else max(1, min(workers, len(fire.FireDataset(args.fire))))
-    started = PairPool.starting(processes, preload=() if args.no_model else REGISTRAR_MODULES)
+    started = PairPool.starting(processes, preload=() if args.no_model else REGISTRAR_MODULES,
+                                warm=() if args.no_model else (PRELOAD_MODEL, args.model))
     try:
         methods = ([] if args.no_model else [_registrar(args)]) + [
             m for m in chosen if m.name != "identity"] + [baselines.baseline("identity")]

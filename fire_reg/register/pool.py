@@ -44,6 +44,7 @@ import atexit
 import hashlib
 import importlib
 import multiprocessing
+import operator
 import os
 import pickle
 import shutil
@@ -124,14 +125,17 @@ class PairPool:
         self._closed = False
 
     @classmethod
-    def starting(cls, workers: int, preload: tuple[str, ...] = ()) -> "PairPool":
+    def starting(cls, workers: int, preload: tuple[str, ...] = (),
+                 warm: tuple = ()) -> "PairPool":
         """A pool of ``workers`` on this machine whose worker processes start now, before its
-        state exists, and import the ``preload`` modules meanwhile (Keras and its backend: the
-        seconds a worker takes to start overlap this process building the state);
-        :meth:`begin` gives the state. Closed without one, its workers are killed."""
+        state exists, import the ``preload`` modules meanwhile and make ``warm``'s call,
+        ``("module:function", *args)`` (Keras and its backend, the model the state will
+        hold: the seconds a worker takes to start overlap this process building the state;
+        an exception there is ignored, the state tells what is wrong); :meth:`begin` gives
+        the state. Closed without one, its workers are killed."""
         pool = cls(_NO_STATE, workers)
         if not pool.in_process:
-            pool._backend = _Processes(workers - 1, preload)
+            pool._backend = _Processes(workers - 1, preload, warm)
         return pool
 
     def begin(self, state, items: int | None = None) -> "PairPool":
@@ -233,11 +237,12 @@ _worker_lock = threading.Lock()
 
 
 def _start_worker(state_path: str, threads: int, scratch: str, parent: int, stopped,
-                  preload: tuple[str, ...] = ()) -> None:
+                  preload: tuple[str, ...] = (), warm: tuple = ()) -> None:
     """Process initializer: signals left to the parent, thread counts, the allocator
     (:func:`~fire_reg.io.memory.keep_freed_memory`), temporary folder, a watch on the parent,
-    the pool's stop event, the ``preload`` modules imported, then the state, unpickled once
-    from ``state_path`` (the model loads here) as soon as the parent has written it."""
+    the pool's stop event, the ``preload`` modules imported and ``warm``'s call made
+    (:meth:`PairPool.starting`), then the state, unpickled once from ``state_path`` (the
+    model loads here, unless ``warm`` loaded it) as soon as the parent has written it."""
     _worker["stopped"] = stopped
     keep_freed_memory()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -254,6 +259,8 @@ def _start_worker(state_path: str, threads: int, scratch: str, parent: int, stop
     try:
         for module in preload:
             importlib.import_module(module)
+        if warm:
+            _warm(*warm)
         while not os.path.exists(state_path):  # the parent is still building the state
             time.sleep(STATE_POLL_SECONDS)
         with open(state_path, "rb") as file:
@@ -264,6 +271,18 @@ def _start_worker(state_path: str, threads: int, scratch: str, parent: int, stop
     # registered last, so run first at exit: every result has been sent by then (the pool's
     # result queue writes through), and the backend's teardown would take a second or more
     atexit.register(os._exit, 0)
+
+
+def _warm(name: str, *args) -> None:
+    """Call ``name`` ("module:function", or "module:Class.method") with ``args``; what the
+    call raises is ignored (a worker's head start only: the state's own loading reports it),
+    a name that does not resolve is not."""
+    module, function = name.split(":")
+    call = operator.attrgetter(function)(importlib.import_module(module))
+    try:
+        call(*args)
+    except Exception:
+        pass
 
 
 def _watch_parent(parent: int, scratch: str) -> None:
@@ -297,10 +316,11 @@ class _Processes:
     """Worker processes of this machine (module notes), started at once; they load the
     state once :meth:`give` has written it."""
 
-    def __init__(self, processes: int, preload: tuple[str, ...] = ()):
+    def __init__(self, processes: int, preload: tuple[str, ...] = (), warm: tuple = ()):
         import cv2
 
         self.processes, self.preload, self.given = processes, tuple(preload), False
+        self.warm = tuple(warm)
         self.threads = max(1, default_workers() // (processes + 1))
         self.own_threads = cv2.getNumThreads()
         cv2.setNumThreads(self.threads)  # this process shares the cores too
@@ -317,7 +337,7 @@ class _Processes:
         return futures.ProcessPoolExecutor(
             self.processes, mp_context=self.context, initializer=_start_worker,
             initargs=(self.state_path, self.threads, self.scratch, os.getpid(), self.stopped,
-                      self.preload))
+                      self.preload, self.warm))
 
     def give(self, state) -> None:
         """Write ``state`` (pickled) where the workers wait for it; renamed into place

@@ -25,6 +25,7 @@ The returned transform is in the pixels of the images given (original pixels thr
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pickle
 import tempfile
@@ -142,6 +143,11 @@ class RegistrarConfig(Config):
         if self.ecc is not None:
             return self.ecc
         return ECC_FINAL if self.transform == "none" else ECC_BEFORE_FINE
+
+
+_PRELOADED: dict[str, "Registrar"] = {}
+"""The registrar :meth:`Registrar.preload` made in this process, by the sha256 of its model
+file's bytes."""
 
 
 class Registrar:
@@ -363,6 +369,17 @@ class Registrar:
         (:func:`fire_reg.register.result.register_files`)."""
         return register_files(self, fixed_path, moving_path)
 
+    @classmethod
+    def preload(cls, model=None) -> None:
+        """Load ``model`` (a ``.keras`` path; None: the shipped model) in this process and
+        make it ready (its prediction compiled) before a pickled registrar of the same file
+        arrives: a worker process does it while the command loads its own, and unpickling
+        then takes the model, its network and compiled prediction from here (matched by the
+        file's bytes). One is kept."""
+        ready = cls(model)
+        _PRELOADED.clear()
+        _PRELOADED[hashlib.sha256(ready._archive).hexdigest()] = ready
+
     def __getstate__(self) -> dict:
         """What a pickle holds (a worker process gets the registrar this way): the config and
         the model: the bytes of the file it was loaded from, else the model pickled by Keras
@@ -377,6 +394,11 @@ class Registrar:
         import fire_reg.learn.network  # noqa: F401  (registers fire-reg's layers with Keras)
         from fire_reg.learn.settings import ModelSettings
 
+        ready = (_PRELOADED.get(hashlib.sha256(state["archive"]).hexdigest())
+                 if "archive" in state else None)
+        if ready is not None:  # the same model file, loaded and compiled here already
+            self.__dict__.update(vars(ready), config=state["config"])
+            return
         if "archive" in state:  # loaded as the file was, from a copy in a temporary folder
             with tempfile.TemporaryDirectory(prefix="fire-reg-model-") as folder:
                 path = Path(folder) / "model.keras"
