@@ -25,8 +25,9 @@
   thread each (``dask worker ADDRESS --nthreads 1``): a worker's pairs then run one at a time,
   as in a worker process here.
 
-A worker process takes seconds to start (it imports Keras and its backend and loads the model); this
-process works from the first second. Two items per worker process are sent ahead (one
+A worker process takes seconds to start (it imports Keras and its backend and loads the
+model, meanwhile when :meth:`PairPool.starting` is given a ``warm`` call); this process
+works from the first second. Two items per worker process are sent ahead (one
 running, one waiting), one per thread of a Dask cluster; the slots of the items that came
 back are filled again before this process takes an item of its own, so a worker never waits
 for this process to finish its item. ``stop()`` is asked before each
