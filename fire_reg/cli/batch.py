@@ -228,6 +228,13 @@ PRELOAD_MODEL = "fire_reg.register.registrar:Registrar.preload"
 """What a worker process calls with the model's path meanwhile (:meth:`Registrar.preload`)."""
 
 
+def registering_pool(workers: int, model) -> PairPool:
+    """:meth:`PairPool.starting` for ``workers`` that will register with the model file
+    ``model`` (None: the shipped one): they import Keras and load that model while this
+    process loads its own."""
+    return PairPool.starting(workers, preload=REGISTRAR_MODULES, warm=(PRELOAD_MODEL, model))
+
+
 def _starting_pool(args, rows: int) -> PairPool:
     """``--workers`` at a time (default: every core; no more than there are ``rows``; 1:
     this process alone), the worker processes started now (:meth:`PairPool.starting`); a
@@ -235,8 +242,7 @@ def _starting_pool(args, rows: int) -> PairPool:
     if getattr(args, "dask", None):
         return PairPool.starting(1)
     workers = min(getattr(args, "workers", None) or default_workers(), max(1, rows))
-    return PairPool.starting(workers, preload=REGISTRAR_MODULES,
-                             warm=(PRELOAD_MODEL, getattr(args, "model", None)))
+    return registering_pool(workers, getattr(args, "model", None))
 
 
 def _pool(args, starting: PairPool, state: Registering, run: dict, todo: list) -> PairPool:

@@ -234,7 +234,7 @@ def cmd_register(args) -> int:
 def cmd_evaluate(args) -> int:
     from fire_reg.evaluate import baselines
     from fire_reg.data import fire
-    from fire_reg.cli.batch import PRELOAD_MODEL, REGISTRAR_MODULES
+    from fire_reg.cli.batch import registering_pool
     from fire_reg.evaluate.tester import Tester
     from fire_reg.register.pool import PairPool, default_workers
 
@@ -252,8 +252,8 @@ def cmd_evaluate(args) -> int:
     # the worker processes (no more than the pairs) start now, while the model loads; a Dask
     # cluster's are running
     processes = 1 if args.dask else max(1, min(workers, len(fire.FireDataset(args.fire))))
-    started = PairPool.starting(processes, preload=() if args.no_model else REGISTRAR_MODULES,
-                                warm=() if args.no_model else (PRELOAD_MODEL, args.model))
+    started = (PairPool.starting(processes) if args.no_model
+               else registering_pool(processes, args.model))
     try:
         methods = ([] if args.no_model else [_registrar(args)]) + [
             m for m in chosen if m.name != "identity"] + [baselines.baseline("identity")]
@@ -406,12 +406,12 @@ def _choose_backend(args) -> None:
 
     if args.command not in REGISTERING or getattr(args, "no_model", False):
         return
+    configured = _configured_backend()
     if ("KERAS_BACKEND" not in os.environ and "keras" not in sys.modules
-            and _configured_backend() in (None, "tensorflow")
-            and importlib.util.find_spec("jax")):
+            and configured in (None, "tensorflow") and importlib.util.find_spec("jax")):
         single = args.command == "register" and not args.batch and len(args.moving) <= 1
         os.environ["KERAS_BACKEND"] = LIGHT_BACKEND if single else BATCH_BACKEND
-    if (os.environ.get("KERAS_BACKEND") or _configured_backend()) == "jax":
+    if (os.environ.get("KERAS_BACKEND") or configured) == "jax":
         keep_compiled()
 
 

@@ -394,14 +394,13 @@ class Registrar:
         import fire_reg.learn.network  # noqa: F401  (registers fire-reg's layers with Keras)
         from fire_reg.learn.settings import ModelSettings
 
-        ready = (_PRELOADED.get(hashlib.sha256(state["archive"]).hexdigest())
-                 if "archive" in state else None)
-        if ready is not None:  # the same model file, loaded and compiled here already
-            self.__dict__.update(vars(ready), config=state["config"])
-            return
-        if "archive" in state:  # loaded as the file was, from a copy in a temporary folder
+        if "archive" in state:
+            ready = _PRELOADED.get(hashlib.sha256(state["archive"]).hexdigest())
+            if ready is not None:  # the same model file, loaded and compiled here already
+                self.__dict__.update(vars(ready), config=state["config"])
+                return
             with tempfile.TemporaryDirectory(prefix="fire-reg-model-") as folder:
-                path = Path(folder) / "model.keras"
+                path = Path(folder) / "model.keras"  # loaded as the file was, from a copy
                 path.write_bytes(state["archive"])
                 self.__init__(path, state["config"])
             return
