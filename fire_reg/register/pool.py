@@ -42,6 +42,7 @@ new workers for the rest.
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import importlib
 import multiprocessing
@@ -90,6 +91,25 @@ def one_network_thread() -> None:
     worker process call it; no effect once TensorFlow has started."""
     for name in NETWORK_THREAD_VARIABLES:
         os.environ.setdefault(name, "1")
+
+
+@functools.cache
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def one_blas_thread():
+    """Give numpy's BLAS (OpenBLAS) one thread (threadpoolctl), from now on, or within a
+    ``with`` block (the count before is restored after it). A registration's linear algebra is
+    small (fits through hundreds of point pairs), and a second BLAS thread keeps spinning on a
+    core after each call, the core that the registration's own threads need (README, "Speed":
+    on the benchmark machine 5-8 % more seconds a pair, 18 % with other numerical work between
+    the pairs, as in ``evaluate``). :meth:`~fire_reg.register.registrar.Registrar.register`
+    runs in such a block; the commands that register, and their worker processes, call it
+    once. Call it after numpy is imported."""
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def check_dask(address: str | None) -> None:
@@ -257,6 +277,7 @@ def _start_worker(state_path: str, threads: int, scratch: str, parent: int, stop
     import cv2
 
     cv2.setNumThreads(threads)
+    one_blas_thread()
     try:
         for module in preload:
             importlib.import_module(module)

@@ -45,6 +45,7 @@ from fire_reg.register.trust import TrustOptions
 from fire_reg.io.images import image_size, read_for_width
 from fire_reg.imaging.vessels import reduce
 from fire_reg.register.maps import ImageMap, PreparedImage, VesselMaps, _pool, side_by_side
+from fire_reg.register.pool import one_blas_thread
 from fire_reg.geometry import transforms
 from fire_reg.register import trust
 from fire_reg.register.result import Registration, register_files
@@ -229,12 +230,17 @@ class Registrar:
         vessel map takes its modality's polarity, so that an angiogram's bright vessels meet
         a photograph's dark ones."""
         start = time.perf_counter()
-        sides = (fixed, moving)
+        sides, masks = (fixed, moving), (fixed_mask, moving_mask)
         if any(isinstance(side, PreparedImage) and mask is not None
-               for side, mask in zip(sides, (fixed_mask, moving_mask))):
+               for side, mask in zip(sides, masks)):
             raise ValueError("a prepared image brings its own mask: give it to prepare()")
-        maps, pair_modalities = self._pair_maps(sides, (fixed_mask, moving_mask),
-                                                modalities_given)
+        with one_blas_thread():  # its linear algebra is small
+            return self._registered(sides, masks, modalities_given, start)
+
+    def _registered(self, sides, masks, modalities_given, start: float) -> Registration:
+        """:meth:`register`'s steps (module notes), timed from ``start``
+        (``time.perf_counter()``)."""
+        maps, pair_modalities = self._pair_maps(sides, masks, modalities_given)
         polarities = tuple(modalities.polarity(name) for name in pair_modalities)
         groundwork = _pool().submit(self._groundwork, maps)  # on a core the network leaves idle
         estimate, similarity = self._network_estimate(maps)
@@ -242,9 +248,8 @@ class Registrar:
         stages = {"network": maps.to_full(estimate)}
         reason = "network"
         if self.config.refine == "ecc":
-            estimate, similarity, reason = self._ecc_steps(sides, (fixed_mask, moving_mask),
-                                                           maps, estimate, similarity, stages,
-                                                           polarities)
+            estimate, similarity, reason = self._ecc_steps(sides, masks, maps, estimate,
+                                                           similarity, stages, polarities)
         if self.config.transform != "none":
             fine = fine_stage(maps, estimate, self.config.transform, self.config.fine)
             estimate = fine.transform
