@@ -205,7 +205,15 @@ def threads_here(state, item):
     import cv2
 
     time.sleep(0.2)  # the other process takes an item meanwhile
-    return in_worker(), cv2.getNumThreads(), os.environ.get("TF_NUM_INTRAOP_THREADS")
+    return (in_worker(), cv2.getNumThreads(), os.environ.get("TF_NUM_INTRAOP_THREADS"),
+            blas_threads())
+
+
+def blas_threads() -> int:
+    """The threads of numpy's BLAS in this process now."""
+    from threadpoolctl import threadpool_info
+
+    return max(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas")
 
 
 def test_a_started_pool_s_workers_import_first_and_load_the_state_given_later(private_tmp):
@@ -262,10 +270,28 @@ def test_each_process_shares_the_cores_while_the_pool_runs(monkeypatch):
     monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
     before = cv2.getNumThreads()
     with PairPool(None, workers=2) as pool:
-        seen = {here: (threads, tf) for _, (here, threads, tf)
-                in pool.map(threads_here, range(6))}
-    assert seen[False][0] == 2 and seen[True] == (2, "1")  # 4 cores, 2 processes
+        seen = {here: rest for _, (here, *rest) in pool.map(threads_here, range(6))}
+    assert seen[False][0] == 2 and seen[True] == [2, "1", 1]  # 4 cores, 2 processes; 1 BLAS
     assert cv2.getNumThreads() == before  # this process's own count back
+
+
+def test_numpy_s_blas_has_one_thread_while_a_pair_registers(small_fire, tiny_model_path,
+                                                             monkeypatch, tmp_path):
+    """Its second thread would spin on the core the registration needs (README, "Speed")."""
+    from threadpoolctl import threadpool_limits
+
+    registrar = Registrar(tiny_model_path)
+    seen = []
+    steps = registrar._registered
+    monkeypatch.setattr(registrar, "_registered",
+                        lambda *args: seen.append(blas_threads()) or steps(*args))
+    pair = FireDataset(small_fire)["S01"]
+    with threadpool_limits(2, user_api="blas"):
+        registrar.register_files(pair.fixed_path, pair.moving_path)
+        assert seen == [1] and blas_threads() == 2  # the count before, back after the pair
+        assert main(["register", "missing_fixed.png", "missing_moving.png", "--out",
+                     str(tmp_path / "out")]) == 2
+        assert blas_threads() == 1  # a command that registers: for good
 
 
 def test_workers_end_when_their_parent_is_killed(tmp_path):
