@@ -12,7 +12,8 @@
   pickled once here, into the pool's temporary folder, and unpickled once by each worker as
   it starts (the process initializer), so every worker loads the model once. Each process,
   this one included while the pool runs, uses ``max(1, cores // N)`` threads in OpenCV, and
-  each worker as many in the numerical libraries (unless the environment says otherwise);
+  each worker as many in the numerical libraries (unless the environment says otherwise) but
+  numpy's BLAS, one thread (:func:`one_blas_thread`);
   a worker ignores SIGINT and SIGTERM (this process decides what a signal stops), makes its
   temporary files in a folder this process removes when the pool closes, and exits when this
   process is gone. :meth:`PairPool.starting` starts the workers before the state exists:
