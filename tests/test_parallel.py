@@ -277,7 +277,8 @@ def test_each_process_shares_the_cores_while_the_pool_runs(monkeypatch):
 
 def test_numpy_s_blas_has_one_thread_while_a_pair_registers(small_fire, tiny_model_path,
                                                              monkeypatch, tmp_path):
-    """Its second thread would spin on the core the registration needs (README, "Speed")."""
+    """Its second thread would spin on the core the registration needs (README, Results,
+    "What changed the speed")."""
     from threadpoolctl import threadpool_limits
 
     registrar = Registrar(tiny_model_path)

@@ -105,11 +105,11 @@ def one_blas_thread():
     """Give numpy's BLAS (OpenBLAS) one thread (threadpoolctl), from now on, or within a
     ``with`` block (the count before is restored after it). A registration's linear algebra is
     small (fits through hundreds of point pairs), and a second BLAS thread keeps spinning on a
-    core after each call, the core that the registration's own threads need (README, "Speed":
-    on the benchmark machine 5-8 % more seconds a pair, 18 % with other numerical work between
-    the pairs, as in ``evaluate``). :meth:`~fire_reg.register.registrar.Registrar.register`
-    runs in such a block; the commands that register, and their worker processes, call it
-    once. Call it after numpy is imported."""
+    core after each call, the core that the registration's own threads need (README, Results,
+    "What changed the speed": on the benchmark machine 9 % more seconds a pair, 18 % with
+    other numerical work between the pairs, as in ``evaluate``). ``Registrar.register`` runs
+    in such a block; the commands that register, and their worker processes, call it once.
+    Call it after numpy is imported."""
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
