@@ -102,8 +102,9 @@ def _blas_controller():
 
 
 def one_blas_thread():
-    """Give numpy's BLAS (OpenBLAS) one thread (threadpoolctl), from now on, or within a
-    ``with`` block (the count before is restored after it). A registration's linear algebra is
+    """Give the BLAS libraries loaded by the first call (numpy's OpenBLAS, OpenCV's own) one
+    thread (threadpoolctl), from now on, or within a ``with`` block (the count before is
+    restored after it). A registration's linear algebra is
     small (fits through hundreds of point pairs), and a second BLAS thread keeps spinning on a
     core after each call, the core that the registration's own threads need (README, Results,
     "What changed the speed": on the benchmark machine 9 % more seconds a pair, 18 % with
