@@ -104,13 +104,12 @@ def _blas_controller():
 def one_blas_thread():
     """Give the BLAS libraries loaded by the first call (numpy's OpenBLAS, OpenCV's own) one
     thread (threadpoolctl), from now on, or within a ``with`` block (the count before is
-    restored after it). A registration's linear algebra is
-    small (fits through hundreds of point pairs), and a second BLAS thread keeps spinning on a
-    core after each call, the core that the registration's own threads need (README, Results,
-    "What changed the speed": on the benchmark machine 9 % more seconds a pair, 18 % with
-    other numerical work between the pairs, as in ``evaluate``). ``Registrar.register`` runs
-    in such a block; the commands that register, and their worker processes, call it once.
-    Call it after numpy is imported."""
+    restored after it). A registration's linear algebra is small (fits through hundreds of
+    point pairs), and a second BLAS thread keeps spinning on a core after each call, the core
+    that the registration's own threads need (README, Results, "What changed the speed": on
+    the benchmark machine 9 % more seconds a pair, 18 % with other numerical work between the
+    pairs, as in ``evaluate``). ``Registrar.register`` runs in such a block; the commands that
+    register, and their worker processes, call it once. Call it after numpy is imported."""
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
