@@ -2,19 +2,23 @@
 measured side by side in one run on this machine:
 
     .venv/bin/python benchmarks/run_cohort.py --out out/cohort [--pairs 40] [--rows 500] \
-        [--transform quadratic]
+        [--transform quadratic] [--workers 1,2] [--repeats 2] \
+        [--parts throughput,one_reference,memory]
 
 Every registration uses ``--transform`` (default quadratic: the figures are about the batch
 around the registration, not about the fine stage's richest model).
 
 1. Throughput: the same ``register --batch`` of ``--pairs`` pairs (the embedded set's 20
    pairs at 1411 px, listed again under other ids and through other file names, so that no
-   two rows share an image) with ``--workers 1`` (in this process) and ``--workers 2`` (this
-   process and one worker process), one after the other, twice (1, 2, 1, 2). Pairs per
-   second over the whole command (worker start-up included) and at steady state (from the
-   finishing times of the pairs' folders, over the second half of the batch), the CPU
-   seconds per pair of the command with its workers, and the cores they kept busy on
-   average (CPU seconds / wall seconds of the whole command, start-up included).
+   two rows share an image) with each of ``--workers`` (default 1 and 2: the command's
+   process alone, then it and one worker process), one after the other, ``--repeats`` times
+   (1, 2, 1, 2); on a machine of many cores, ``--workers 1,2,4,8,16``. Pairs per second
+   of the batch (``batch.json``: from its first row to its last, so a worker's start-up
+   counts where it outlasts the command's own) and at steady state (from the finishing
+   times of the pairs' folders, over the second half of the batch), the whole command's
+   wall seconds, the CPU seconds per pair of the command with its workers, and the cores
+   they kept busy on average (CPU seconds / wall seconds of the whole command, start-up
+   included).
 2. One reference, many images: the same fixed photograph against 20 moving ones, as the
    series ``register FIXED M1 ... M20`` (the reference prepared once) and as 20 independent
    pairs (a batch whose rows name the reference through 20 different file names), both with
@@ -46,6 +50,7 @@ import psutil
 
 FIRE_REG = [sys.executable, "-m", "fire_reg.cli"]
 SETTINGS: list[str] = []  # --transform, for every registration
+PARTS = ("throughput", "one_reference", "memory")  # the measurements, in the order they run
 
 
 def load() -> str:
@@ -100,7 +105,9 @@ def steady_rate(out: Path) -> float:
     return (len(times) - 1 - middle) / (times[-1] - times[middle])
 
 
-def throughput(work: Path, source: Path, pairs: int) -> dict:
+def throughput(work: Path, source: Path, pairs: int, counts: list[int], repeats: int) -> dict:
+    """Part 1 (module doc): each of ``counts`` (worker counts, the first the reference of
+    the speed-ups) ``repeats`` times, alternating."""
     images = sorted((source / "Images").glob("*_1.jpg"))
     rows = []
     for index in range(pairs):
@@ -109,9 +116,9 @@ def throughput(work: Path, source: Path, pairs: int) -> dict:
         rows.append((f"r{index:03d}", alias(work / "names" / f"{index}_f.jpg", fixed),
                      alias(work / "names" / f"{index}_m.jpg", moving)))
     csv = listing(work / "throughput.csv", rows)
-    figures = {1: [], 2: []}
-    for repeat in range(2):
-        for workers in (1, 2):
+    figures = {workers: [] for workers in counts}
+    for repeat in range(repeats):
+        for workers in counts:
             out = work / f"throughput_w{workers}_{repeat}"
             wall, done = run("register", "--batch", csv, "--out", out, "--workers", workers)
             batch = json.loads((out / "batch.json").read_text())
@@ -120,12 +127,14 @@ def throughput(work: Path, source: Path, pairs: int) -> dict:
                                      "cpu_s_per_pair": done.cpu_s / pairs,
                                      "cores_busy": done.cpu_s / wall, "load_after": load()})
     summary = {w: {key: statistics.mean(f[key] for f in runs)
-                   for key in ("pairs_per_s", "steady_pairs_per_s", "cpu_s_per_pair", "cores_busy")}
+                   for key in ("pairs_per_s", "steady_pairs_per_s", "wall_s", "cpu_s_per_pair",
+                               "cores_busy")}
                for w, runs in figures.items()}
+    first = summary[counts[0]]
     return {"pairs": pairs, "runs": figures, "mean": summary,
-            "speed-up": summary[2]["pairs_per_s"] / summary[1]["pairs_per_s"],
-            "steady speed-up": (summary[2]["steady_pairs_per_s"]
-                                / summary[1]["steady_pairs_per_s"])}
+            "speed-up": {w: summary[w]["pairs_per_s"] / first["pairs_per_s"] for w in counts},
+            "steady speed-up": {w: summary[w]["steady_pairs_per_s"] / first["steady_pairs_per_s"]
+                                for w in counts}}
 
 
 API_TIMING = """
@@ -217,34 +226,43 @@ def memory(work: Path, source: Path, rows: int) -> dict:
 
 
 def markdown(figures: dict) -> str:
-    t, o, m = figures["throughput"], figures["one_reference"], figures["memory"]
+    """The summary table of the parts that ran."""
     lines = [
-        f"Measured with `.venv/bin/python benchmarks/run_cohort.py --out out/cohort` on "
-        f"{os.cpu_count()} cores, `--transform {figures['transform']}` (load average "
-        f"before: {figures['load_before']}).", "",
-        "| measurement | figure |", "|---|---|",
-        f"| `register --batch`, {t['pairs']} pairs (1411 px), `--workers 1` | "
-        f"{t['mean'][1]['pairs_per_s']:.2f} pairs/s ({t['mean'][1]['steady_pairs_per_s']:.2f} "
-        f"steady; {t['mean'][1]['cpu_s_per_pair']:.2f} CPU s per pair; "
-        f"{t['mean'][1]['cores_busy']:.2f} cores busy) |",
-        f"| same, `--workers 2` | {t['mean'][2]['pairs_per_s']:.2f} pairs/s "
-        f"({t['mean'][2]['steady_pairs_per_s']:.2f} steady; "
-        f"{t['mean'][2]['cpu_s_per_pair']:.2f} CPU s per pair; "
-        f"{t['mean'][2]['cores_busy']:.2f} cores busy) |",
-        f"| speed-up of 2 workers | {t['speed-up']:.2f}x ({t['steady speed-up']:.2f}x steady) |",
-        f"| 1-to-{o['moving']} series `register FIXED M1 ... M{o['moving']}` against "
-        f"{o['moving']} independent pairs (`--workers 1`) | {min(o['command_s']['series']):.1f} "
-        f"s against {min(o['command_s']['independent']):.1f} s: "
-        f"{o['command speed-up']:.2f}x |",
-        f"| same, registration alone (`prepare_file` once) | "
-        f"{min(o['registration_s']['prepared once']):.2f} s against "
-        f"{min(o['registration_s']['paths']):.2f} s: {o['registration speed-up']:.2f}x |",
-        f"| {m['rows']}-row batch (512 px, default `--workers`: the command and "
-        f"{m['workers']} worker process(es), {m['seconds']:.0f} s): RSS of the command, first "
-        "/ middle / last third | " + " / ".join(f"{v:.0f}" for v in m["parent_mb"]) + " MB |",
-        "| same, RSS of the largest worker | "
-        + " / ".join(f"{v:.0f}" for v in m["worker_mb"]) + " MB |",
-    ]
+        f"Measured with `{' '.join(figures['argv'])}` on {figures['cores']} cores, `--transform "
+        f"{figures['transform']}` (load average before: {figures['load_before']}).", "",
+        "| measurement | figure |", "|---|---|"]
+    if "throughput" in figures:
+        t = figures["throughput"]
+        reference = next(iter(t["mean"]))
+        for workers, mean in t["mean"].items():
+            name = (f"`register --batch`, {t['pairs']} pairs (1411 px), `--workers {workers}`"
+                    if workers == reference else f"same, `--workers {workers}`")
+            speed_up = ("" if workers == reference else
+                        f"; {t['speed-up'][workers]:.2f}x ({t['steady speed-up'][workers]:.2f}x"
+                        f" steady) the pairs/s of `--workers {reference}`")
+            lines.append(f"| {name} | {mean['pairs_per_s']:.2f} pairs/s "
+                         f"({mean['steady_pairs_per_s']:.2f} steady; whole command "
+                         f"{mean['wall_s']:.1f} s; {mean['cpu_s_per_pair']:.2f} CPU s per pair;"
+                         f" {mean['cores_busy']:.2f} cores busy{speed_up}) |")
+    if "one_reference" in figures:
+        o = figures["one_reference"]
+        lines += [
+            f"| 1-to-{o['moving']} series `register FIXED M1 ... M{o['moving']}` against "
+            f"{o['moving']} independent pairs (`--workers 1`) | "
+            f"{min(o['command_s']['series']):.1f} s against "
+            f"{min(o['command_s']['independent']):.1f} s: {o['command speed-up']:.2f}x |",
+            f"| same, registration alone (`prepare_file` once) | "
+            f"{min(o['registration_s']['prepared once']):.2f} s against "
+            f"{min(o['registration_s']['paths']):.2f} s: {o['registration speed-up']:.2f}x |"]
+    if "memory" in figures:
+        m = figures["memory"]
+        lines += [
+            f"| {m['rows']}-row batch (512 px, default `--workers`: the command and "
+            f"{m['workers']} worker process(es), {m['seconds']:.0f} s): RSS of the command, "
+            "first / middle / last third | "
+            + " / ".join(f"{v:.0f}" for v in m["parent_mb"]) + " MB |",
+            "| same, RSS of the largest worker | "
+            + " / ".join(f"{v:.0f}" for v in m["worker_mb"]) + " MB |"]
     return "\n".join(lines)
 
 
@@ -254,17 +272,33 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=40, help="pairs of the throughput batch")
     parser.add_argument("--rows", type=int, default=500, help="rows of the memory batch")
     parser.add_argument("--transform", default="quadratic", help="--transform of every run")
+    parser.add_argument("--workers", default="1,2",
+                        help="worker counts of the throughput part, comma-separated; the "
+                             "speed-ups are against the first")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each worker count")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"what to measure, comma-separated, of {', '.join(PARTS)}")
     args = parser.parse_args()
+    parts = args.parts.split(",")
+    if not set(parts) <= set(PARTS):
+        parser.error(f"--parts: one or more of {', '.join(PARTS)}")
     SETTINGS[:] = ["--transform", args.transform]
     work = Path(args.out).resolve()  # absolute paths in the CSVs it writes
     work.mkdir(parents=True, exist_ok=True)
-    figures = {"load_before": load(), "transform": args.transform}
-    large = embedded(work / "set1411", "--per-image", "S10,P5,A5", "--seed", "1")
-    small = embedded(work / "set512", "--per-image", "S25,P15,A10", "--seed", "2",
-                     "--size", "512")
-    figures["throughput"] = throughput(work / "throughput", large, args.pairs)
-    figures["one_reference"] = one_reference(work / "series", large)
-    figures["memory"] = memory(work, small, args.rows)
+    figures = {"argv": ["python", *sys.argv], "cores": os.cpu_count(), "load_before": load(),
+               "transform": args.transform}
+    if "throughput" in parts or "one_reference" in parts:
+        large = embedded(work / "set1411", "--per-image", "S10,P5,A5", "--seed", "1")
+    if "throughput" in parts:
+        figures["throughput"] = throughput(work / "throughput", large, args.pairs,
+                                           [int(n) for n in args.workers.split(",")],
+                                           args.repeats)
+    if "one_reference" in parts:
+        figures["one_reference"] = one_reference(work / "series", large)
+    if "memory" in parts:
+        small = embedded(work / "set512", "--per-image", "S25,P15,A10", "--seed", "2",
+                         "--size", "512")
+        figures["memory"] = memory(work, small, args.rows)
     (work / "cohort.json").write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures, indent=2))
     print(markdown(figures))

@@ -22,7 +22,8 @@ from fire_reg.evaluate import baselines
 from fire_reg.evaluate import tester
 from fire_reg.io.errors import InputError
 from fire_reg.io.runs import describe, fingerprint
-from fire_reg.register.pool import PairPool, WorkerLost, WorkerStartError, in_worker
+from fire_reg.register.pool import (GPU_MEMORY_ON_DEMAND, PairPool, WorkerLost, WorkerStartError,
+                                    in_worker)
 from fire_reg.register.registrar import Registrar
 from fire_reg.register.result import Registration
 
@@ -293,6 +294,22 @@ def test_numpy_s_blas_has_one_thread_while_a_pair_registers(small_fire, tiny_mod
         assert main(["register", "missing_fixed.png", "missing_moving.png", "--out",
                      str(tmp_path / "out")]) == 2
         assert blas_threads() == 1  # a command that registers: for good
+
+
+def test_a_command_that_registers_takes_gpu_memory_as_it_needs_it(monkeypatch, tmp_path):
+    """Each process would otherwise take most of a GPU as it starts: with JAX's CUDA build a
+    batch of 4 workers on one GPU stopped at its first pair (README, "Cohorts"). The
+    environment is set before the backend starts (workers inherit it); the user's wins."""
+    for name in GPU_MEMORY_ON_DEMAND:
+        monkeypatch.setenv(name, "restored after the test")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("TF_FORCE_GPU_ALLOW_GROWTH", "false")  # the user's own choice
+    assert main(["data", "verify", "--fire", str(tmp_path / "none")]) == 2
+    assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ  # not a registering command
+    assert main(["register", "missing_fixed.png", "missing_moving.png", "--out",
+                 str(tmp_path / "out")]) == 2
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] == "false"
 
 
 def test_workers_end_when_their_parent_is_killed(tmp_path):

@@ -19,7 +19,7 @@ from fire_reg.io.images import image_size
 from fire_reg.io.errors import InputError
 from fire_reg.io.memory import keep_freed_memory
 from fire_reg.io.output import exclusive_output
-from fire_reg.register.pool import one_blas_thread, one_network_thread
+from fire_reg.register.pool import gpu_memory_on_demand, one_blas_thread, one_network_thread
 from fire_reg.cli.signals import interruptible
 
 
@@ -451,7 +451,8 @@ def keep_compiled() -> None:
 
 
 REGISTERING = ("register", "evaluate", "mosaic", "demo")
-"""Commands that register pairs: in them TensorFlow gets one thread per pool
+"""Commands that register pairs: in them GPU memory is taken as needed
+(:func:`fire_reg.register.pool.gpu_memory_on_demand`), TensorFlow gets one thread per pool
 (:func:`fire_reg.register.pool.one_network_thread`) and numpy's BLAS one thread
 (:func:`fire_reg.register.pool.one_blas_thread`)."""
 
@@ -459,7 +460,8 @@ REGISTERING = ("register", "evaluate", "mosaic", "demo")
 def main(argv=None) -> int:
     """Run one ``fire-reg`` command; returns the exit status. The process keeps and reuses
     the memory it frees (:func:`fire_reg.io.memory.keep_freed_memory`); a command that
-    registers gives TensorFlow one thread per pool and numpy's BLAS one thread."""
+    registers takes GPU memory as it needs it, and gives TensorFlow one thread per pool and
+    numpy's BLAS one thread."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     keep_freed_memory()
     try:
@@ -468,6 +470,7 @@ def main(argv=None) -> int:
         return int(done.code or 0)
     _choose_backend(args)
     if args.command in REGISTERING:
+        gpu_memory_on_demand()
         one_network_thread()
         one_blas_thread()
     try:

@@ -68,6 +68,10 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 NETWORK_THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 """TensorFlow's thread pools, one thread each in a process that registers
 (:func:`one_network_thread`)."""
+GPU_MEMORY_ON_DEMAND = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+                        "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+"""JAX's and TensorFlow's settings for taking GPU memory as it is needed, instead of most of
+the card as they start (JAX 75 %, TensorFlow all of it) (:func:`gpu_memory_on_demand`)."""
 POLL_SECONDS = 0.5
 """Longest wait between two looks at ``stop()`` while items are in flight."""
 STATE_POLL_SECONDS = 0.05
@@ -92,6 +96,17 @@ def one_network_thread() -> None:
     worker process call it; no effect once TensorFlow has started."""
     for name in NETWORK_THREAD_VARIABLES:
         os.environ.setdefault(name, "1")
+
+
+def gpu_memory_on_demand() -> None:
+    """Let JAX and TensorFlow take GPU memory as the network needs it (unless the environment
+    says otherwise, :data:`GPU_MEMORY_ON_DEMAND`), before they start, so that a command's
+    processes share one GPU: each would otherwise take most of the card as it starts, and
+    with JAX's CUDA build on one GPU a batch of 4 workers stopped at its first pair
+    (CUDA_ERROR_OUT_OF_MEMORY; README, "Cohorts"). The network needs little memory. The
+    commands that register call it (worker processes inherit the environment)."""
+    for name, value in GPU_MEMORY_ON_DEMAND.items():
+        os.environ.setdefault(name, value)
 
 
 @functools.cache
