@@ -267,13 +267,44 @@ def test_each_process_shares_the_cores_while_the_pool_runs(monkeypatch):
 
     from fire_reg.register import pool as pools
 
-    monkeypatch.setattr(pools, "default_workers", lambda: 4)
+    monkeypatch.setattr(pools, "usable_cores", lambda: 4)
     monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
     before = cv2.getNumThreads()
     with PairPool(None, workers=2) as pool:
         seen = {here: rest for _, (here, *rest) in pool.map(threads_here, range(6))}
     assert seen[False][0] == 2 and seen[True] == [2, "1", 1]  # 4 cores, 2 processes; 1 BLAS
     assert cv2.getNumThreads() == before  # this process's own count back
+
+
+def test_the_default_workers_are_the_usable_cores_that_memory_can_hold(monkeypatch,
+                                                                      tmp_path):
+    """A container's CPU quota and memory limit count, not only the machine's: 64 processes
+    of 0.6-0.9 GB on a 64-core node where a pod may use 4 cores and 8 GB would be killed."""
+    from fire_reg.register import pool as pools
+
+    gib = 2**30
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal: {64 * gib // 1024} kB\nMemAvailable: {40 * gib // 1024} kB\n")
+    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
+    limit.write_text("max\n")
+    usage.write_text(f"{gib}\n")
+    monkeypatch.setattr(pools, "MEMINFO", str(meminfo))
+    monkeypatch.setattr(pools, "CGROUP_MEMORY", ((str(limit), str(usage)),))
+    monkeypatch.setattr(pools, "usable_cores", lambda: 64)
+    assert pools.available_memory() == 40 * gib
+    assert pools.default_workers() == 40  # the machine's memory, no container limit
+    limit.write_text(f"{8 * gib + gib // 2}\n")  # a pod of 8.5 GB, 1 GB of it used
+    assert pools.available_memory() == 7 * gib + gib // 2
+    assert pools.default_workers() == 7
+    limit.write_text(f"{2 * gib}\n")
+    usage.write_text(f"{2 * gib}\n")  # nothing left: still one
+    assert pools.default_workers() == 1
+    monkeypatch.setattr(pools, "MEMINFO", str(tmp_path / "none"))
+    monkeypatch.setattr(pools, "CGROUP_MEMORY", ())
+    assert pools.available_memory() is None and pools.default_workers() == 64  # not Linux
+    monkeypatch.undo()
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "1")  # joblib's cap, like a CPU quota
+    assert pools.usable_cores() == 1 and pools.default_workers() == 1
 
 
 def test_numpy_s_blas_has_one_thread_while_a_pair_registers(small_fire, tiny_model_path,

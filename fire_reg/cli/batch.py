@@ -2,7 +2,8 @@
 reference against many images (``register FIXED MOVING1 MOVING2 ...``, one sub-folder per
 moving image, named by its file stem).
 
-``--workers N`` rows run at a time (default: every core), one in this process and one in
+``--workers N`` rows run at a time (default: every usable core that memory allows,
+:func:`~fire_reg.register.pool.default_workers`), one in this process and one in
 each of N - 1 worker processes, or on the Dask cluster at ``--dask``
 (:mod:`fire_reg.register.pool`), each worker with the model loaded once. This process is
 the only writer of the output folder: a worker returns a pair's files and this process
@@ -236,7 +237,7 @@ def registering_pool(workers: int, model) -> PairPool:
 
 
 def _starting_pool(args, rows: int) -> PairPool:
-    """``--workers`` at a time (default: every core; no more than there are ``rows``; 1:
+    """``--workers`` at a time (default: :func:`default_workers`; no more than ``rows``; 1:
     this process alone), the worker processes started now (:meth:`PairPool.starting`); a
     pool of one for ``--dask`` (the cluster's pool is made with its state, :func:`_pool`)."""
     if getattr(args, "dask", None):

@@ -169,8 +169,9 @@ def _registrar_options(parser) -> None:
 def _pool_options(parser) -> None:
     parser.add_argument("--workers", type=int,
                         help="pairs at a time: this process and N-1 worker processes, each "
-                             "with the model loaded once (default: every core; 1: one pair "
-                             "after the other in this process)")
+                             "with the model loaded once (default: every usable core, as many "
+                             "as the available memory holds at 1 GB each; 1: one pair after "
+                             "the other in this process)")
     parser.add_argument("--dask", metavar="ADDRESS",
                         help="run the pairs on the Dask cluster whose scheduler is at ADDRESS "
                              "(e.g. tcp://10.0.0.5:8786; needs fire-reg[dask])")
