@@ -283,24 +283,27 @@ def test_the_default_workers_are_the_usable_cores_that_memory_can_hold(monkeypat
     from fire_reg.register import pool as pools
 
     gib = 2**30
-    meminfo = tmp_path / "meminfo"
+    meminfo, limit = tmp_path / "meminfo", tmp_path / "memory.max"
     meminfo.write_text(f"MemTotal: {64 * gib // 1024} kB\nMemAvailable: {40 * gib // 1024} kB\n")
-    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
     limit.write_text("max\n")
-    usage.write_text(f"{gib}\n")
     monkeypatch.setattr(pools, "MEMINFO", str(meminfo))
-    monkeypatch.setattr(pools, "CGROUP_MEMORY", ((str(limit), str(usage)),))
+    monkeypatch.setattr(pools, "CGROUP_MEMORY_LIMITS", (str(limit), str(tmp_path / "v1")))
     monkeypatch.setattr(pools, "usable_cores", lambda: 64)
     assert pools.available_memory() == 40 * gib
-    assert pools.default_workers() == 40  # the machine's memory, no container limit
-    limit.write_text(f"{8 * gib + gib // 2}\n")  # a pod of 8.5 GB, 1 GB of it used
-    assert pools.available_memory() == 7 * gib + gib // 2
-    assert pools.default_workers() == 7
-    limit.write_text(f"{2 * gib}\n")
-    usage.write_text(f"{2 * gib}\n")  # nothing left: still one
-    assert pools.default_workers() == 1
+    assert pools.default_workers() == 40  # the machine's memory: no container limit
+    limit.write_text(f"{8 * gib + gib // 2}\n")  # a pod of 8.5 GB
+    assert pools.available_memory() == 8 * gib + gib // 2
+    assert pools.default_workers() == 8
+    limit.write_text(f"{gib // 2}\n")
+    assert pools.default_workers() == 1  # at least one
+    version_1 = tmp_path / "memory.limit_in_bytes"
+    version_1.write_text("9223372036854771712\n")  # cgroup v1's "no limit"
+    monkeypatch.setattr(pools, "CGROUP_MEMORY_LIMITS", (str(tmp_path / "v2"), str(version_1)))
+    assert pools.default_workers() == 40
+    version_1.write_text(f"{3 * gib}\n")
+    assert pools.default_workers() == 3
     monkeypatch.setattr(pools, "MEMINFO", str(tmp_path / "none"))
-    monkeypatch.setattr(pools, "CGROUP_MEMORY", ())
+    monkeypatch.setattr(pools, "CGROUP_MEMORY_LIMITS", ())
     assert pools.available_memory() is None and pools.default_workers() == 64  # not Linux
     monkeypatch.undo()
     monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "1")  # joblib's cap, like a CPU quota

@@ -86,10 +86,9 @@ PROCESS_BYTES = 2**30
 UNLIMITED_BYTES = 2**60
 """Above this, a cgroup memory limit means none (cgroup v1 writes about 2**63 for none)."""
 MEMINFO = "/proc/meminfo"
-CGROUP_MEMORY = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                 ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                  "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
-"""(limit, usage) files of a container's memory cgroup: version 2, then version 1."""
+CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max",
+                        "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+"""A container's memory limit: cgroup version 2, then version 1."""
 
 
 def usable_cores() -> int:
@@ -101,9 +100,10 @@ def usable_cores() -> int:
 
 
 def available_memory() -> int | None:
-    """Bytes this process may still take: the kernel's estimate of available memory
-    (``MemAvailable`` of /proc/meminfo), or less where its container's memory cgroup has a
-    limit (the limit less its usage); None where neither can be read (not Linux)."""
+    """Bytes the processes of a batch may take: the kernel's estimate of available memory
+    (``MemAvailable`` of /proc/meminfo), or its container's memory limit where that is less
+    (the whole limit: what a container holds is mostly file cache, which the kernel gives
+    back); None where neither can be read (not Linux)."""
     figures = []
     try:
         with open(MEMINFO) as file:
@@ -111,15 +111,15 @@ def available_memory() -> int | None:
                         if line.startswith("MemAvailable:")]
     except (OSError, ValueError, IndexError):
         pass
-    for limit_path, usage_path in CGROUP_MEMORY:
+    for path in CGROUP_MEMORY_LIMITS:
         try:
-            with open(limit_path) as limit, open(usage_path) as usage:
-                limit_text, usage_text = limit.read().strip(), usage.read().strip()
-            if limit_text != "max" and int(limit_text) < UNLIMITED_BYTES:
-                figures.append(max(0, int(limit_text) - int(usage_text)))
-            break
-        except (OSError, ValueError):
+            with open(path) as file:
+                limit = file.read().strip()
+        except OSError:
             continue
+        if limit.isdigit() and int(limit) < UNLIMITED_BYTES:  # "max": none
+            figures.append(int(limit))
+        break
     return min(figures) if figures else None
 
 
