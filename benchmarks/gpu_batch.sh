@@ -1,9 +1,10 @@
 #!/bin/bash
 # The GPU comparison of the README ("Cohorts", "A GPU"), on a machine whose JAX sees a GPU:
 # the same batch of PAIRS rows (the 1411 px set of benchmarks/run_cohort.py, its 20 pairs
-# listed again under other ids and file names) with each of WORKERS, on the GPU and then on
-# the CPU (JAX_PLATFORMS=cpu), the largest GPU memory in use sampled every 0.5 s
-# (nvidia-smi), then every result's status and matrix compared with the CPU's first.
+# listed again under other ids and file names: run_cohort.distinct_pairs) with each of
+# WORKERS, on the GPU and then on the CPU (JAX_PLATFORMS=cpu), the largest GPU memory in use
+# sampled every 0.5 s (nvidia-smi), then every result's status and matrix compared with the
+# CPU's first.
 #
 #   benchmarks/gpu_batch.sh SET OUT [PAIRS=96] [WORKERS="1 16"]
 #
@@ -11,23 +12,11 @@
 set -u
 SET=$(realpath "$1"); OUT=$(realpath -m "$2"); PAIRS=${3:-96}; WORKERS=${4:-"1 16"}
 PY=${PYTHON:-python3}
-mkdir -p "$OUT/names" || exit 2
-"$PY" - "$SET" "$OUT" "$PAIRS" <<'LIST'
-import sys
-from pathlib import Path
-source, out, pairs = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-images = sorted((source / "Images").glob("*_1.jpg"))
-rows = ["id,fixed,moving"]
-for index in range(pairs):
-    fixed = images[index % len(images)]
-    moving = fixed.with_name(fixed.name.replace("_1.", "_2."))
-    names = [out / "names" / f"{index}_{side}.jpg" for side in ("f", "m")]
-    for name, image in zip(names, (fixed, moving)):
-        if not name.is_symlink():
-            name.symlink_to(image)
-    rows.append(f"r{index:03d},{names[0]},{names[1]}")
-(out / "pairs.csv").write_text("\n".join(rows) + "\n")
-LIST
+mkdir -p "$OUT" || exit 2
+"$PY" -c "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path
+from run_cohort import distinct_pairs
+distinct_pairs(Path(sys.argv[2]) / 'pairs.csv', Path(sys.argv[3]), int(sys.argv[4]))" \
+    "$(dirname "$0")" "$OUT" "$SET" "$PAIRS" || exit 2
 platform() { if [ "$1" = cpu ]; then export JAX_PLATFORMS=cpu; else unset JAX_PLATFORMS; fi; }
 for p in cpu gpu; do  # each platform's compile cache filled first
   platform $p

@@ -105,17 +105,24 @@ def steady_rate(out: Path) -> float:
     return (len(times) - 1 - middle) / (times[-1] - times[middle])
 
 
-def throughput(work: Path, source: Path, pairs: int, counts: list[int], repeats: int) -> dict:
-    """Part 1 (module doc): each of ``counts`` (worker counts, the first the reference of
-    the speed-ups) ``repeats`` times, alternating."""
+def distinct_pairs(path: Path, source: Path, pairs: int) -> Path:
+    """The batch list ``path`` of ``pairs`` rows: the pairs of the embedded set ``source``
+    listed again and again under other ids and through other file names (links in
+    ``path``'s folder, ``names/``), so that no two rows share an image."""
     images = sorted((source / "Images").glob("*_1.jpg"))
     rows = []
     for index in range(pairs):
         fixed = images[index % len(images)]
         moving = fixed.with_name(fixed.name.replace("_1.", "_2."))
-        rows.append((f"r{index:03d}", alias(work / "names" / f"{index}_f.jpg", fixed),
-                     alias(work / "names" / f"{index}_m.jpg", moving)))
-    csv = listing(work / "throughput.csv", rows)
+        rows.append((f"r{index:03d}", alias(path.parent / "names" / f"{index}_f.jpg", fixed),
+                     alias(path.parent / "names" / f"{index}_m.jpg", moving)))
+    return listing(path, rows)
+
+
+def throughput(work: Path, source: Path, pairs: int, counts: list[int], repeats: int) -> dict:
+    """Part 1 (module doc): each of ``counts`` (worker counts, the first the reference of
+    the speed-ups) ``repeats`` times, alternating."""
+    csv = distinct_pairs(work / "throughput.csv", source, pairs)
     figures = {workers: [] for workers in counts}
     for repeat in range(repeats):
         for workers in counts:
