@@ -200,6 +200,32 @@ def test_resume_redoes_nothing_and_refuses_other_settings(small_fire, tmp_path, 
     assert code == 0 and calls == IDS
 
 
+def test_pictures_of_a_batch_are_its_settings(small_fire, tmp_path, capsys, monkeypatch):
+    """``--pictures none``: every pair's folder holds its transform files only, and batch.json
+    records the choice; a resume that asks for other pictures is refused in one line (its
+    folders would mix both), one with the same goes on."""
+    out = tmp_path / "out"
+    code, *_ = run_batch(capsys, monkeypatch, small_fire, out, {"P01": "failed"}, 1,
+                         "--pictures", "none")
+    assert code == 3
+    batch, rows, _ = records(out)
+    assert batch["settings"]["pictures"] == "none"
+    for pair_id in IDS:
+        assert sorted(path.name for path in (out / pair_id).iterdir()) == [
+            "transform.json", "transform.tfm"], pair_id
+    shutil.rmtree(out / "A01")
+    before = (out / "batch.json").read_bytes()
+    code, _, err, calls = run_batch(capsys, monkeypatch, small_fire, out, {}, 1, "--resume")
+    assert code == 2 and calls == [] and len(errors_in(err)) == 1
+    assert "--resume refused" in err and "pictures: 'none' -> 'all'" in err, err
+    assert (out / "batch.json").read_bytes() == before and not leftovers(out)
+    code, _, _, calls = run_batch(capsys, monkeypatch, small_fire, out, {}, 1, "--resume",
+                                  "--pictures", "none")
+    assert calls == ["A01"] and code == 3  # P01 still failed from the first run
+    assert sorted(path.name for path in (out / "A01").iterdir()) == [
+        "transform.json", "transform.tfm"]
+
+
 @pytest.fixture(scope="module")
 def one_pair(small_fire, tmp_path_factory):
     """small_fire's S01 alone, in the FIRE layout."""

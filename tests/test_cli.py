@@ -40,6 +40,11 @@ def test_register_writes_three_files(small_fire, tiny_model_path, tmp_path, caps
     assert not (tmp_path / "reg" / "transform.tfm").exists()
     assert "displacement.mha" in record["exports"]["written"]
     assert (tmp_path / "reg" / "displacement.mha").is_file()
+    code, out, _ = run(capsys, "register", pair.fixed_path, pair.moving_path, "--model",
+                       tiny_model_path, "--out", tmp_path / "reg", "--pictures", "overlay")
+    assert code == 0 and out.endswith("wrote " + str(tmp_path / "reg") + "/transform.json, "
+                                      "displacement.mha, overlay.png\n"), out
+    assert not (tmp_path / "reg" / "warped.png").exists()  # the older set's went with it
 
 
 def test_register_batch_from_fire_folder(small_fire, tiny_model_path, tmp_path, capsys):

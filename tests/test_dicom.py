@@ -107,7 +107,9 @@ def test_pixel_spacing_recorded_in_transform_json(tmp_path):
     result = Registration(transforms.Affine(geometry.identity()), "ok", "given",
                           (200, 150), (200, 150))
     write_files(tmp_path / "out", result, fixed, moving)
-    record = json.loads((tmp_path / "out" / "transform.json").read_text())
-    assert record["pixel_spacing_mm"] == {"fixed": None, "moving": [0.015, 0.02]}
+    write_files(tmp_path / "headers", result, fixed, moving, pictures="none")  # headers only
+    for out in ("out", "headers"):
+        record = json.loads((tmp_path / out / "transform.json").read_text())
+        assert record["pixel_spacing_mm"] == {"fixed": None, "moving": [0.015, 0.02]}
     warped = cv2.imread(str(tmp_path / "out" / "warped.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(warped, RGB[..., ::-1])

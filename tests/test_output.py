@@ -236,6 +236,44 @@ def test_a_new_set_replaces_the_older_one_and_nothing_else(small_fire, tmp_path)
     assert json.loads((out / "transform.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.parametrize("pictures, files", [
+    ("all", ["overlay.png", "transform.json", "transform.tfm", "warped.png"]),
+    ("overlay", ["overlay.png", "transform.json", "transform.tfm"]),
+    ("none", ["transform.json", "transform.tfm"]),
+])
+def test_fewer_pictures_keep_the_transform_files_and_read_only_headers(
+        pictures, files, small_fire, tmp_path, monkeypatch):
+    """Each choice of pictures: its files and no others (a set rewritten into a folder drops
+    the pictures of the older one), the same transform.json; without pictures the images
+    are read for their headers only."""
+    from fire_reg.register import result as result_module
+
+    pair = FireDataset(small_fire)["S01"]
+    result = identity_result(pair.size("fixed"))
+    out = tmp_path / "S01"
+    write_files(tmp_path / "reference", result, pair.fixed_path, pair.moving_path)
+    write_files(out, result, pair.fixed_path, pair.moving_path)  # an older set, every picture
+    reads = []
+    real_decode = result_module.decode
+
+    def recorded(path, *args, **kwargs):
+        reads.append(kwargs.get("pixels", True))
+        return real_decode(path, *args, **kwargs)
+
+    monkeypatch.setattr(result_module, "decode", recorded)
+    write_files(out, result, pair.fixed_path, pair.moving_path, pictures=pictures)
+    assert sorted(path.name for path in out.iterdir()) == files
+    assert reads == [pictures != "none"] * 2
+    assert (out / "transform.json").read_bytes() == (
+        tmp_path / "reference" / "transform.json").read_bytes()
+    for name in files:
+        assert (out / name).read_bytes() == (tmp_path / "reference" / name).read_bytes()
+    with pytest.raises(ValueError, match="pictures must be one of all, overlay, none"):
+        write_files(tmp_path / "other", result, pair.fixed_path, pair.moving_path,
+                    pictures="some")
+    assert not (tmp_path / "other").exists()
+
+
 def test_atomic_folder_commits_whole_or_not_at_all(tmp_path):
     with pytest.raises(RuntimeError):
         with atomic_folder(tmp_path / "set", last="b") as folder:

@@ -489,21 +489,28 @@ def transforms_of(out: Path) -> dict:
 
 def test_batch_on_two_workers_equals_one_process(small_fire, tiny_model_path, tmp_path,
                                                  capsys):
+    """The same counts, files and transforms; with ``--pictures none`` the workers send the
+    same sets without their pictures."""
     runs = {}
-    for workers in ("1", "2"):
-        out = tmp_path / f"workers{workers}"
+    for workers, pictures in (("1", "all"), ("2", "all"), ("2", "none")):
+        out = tmp_path / f"workers{workers}_{pictures}"
         code = main(["register", "--batch", str(small_fire), "--model", str(tiny_model_path),
-                     "--transform", "quadratic", "--out", str(out), "--workers", workers])
+                     "--transform", "quadratic", "--out", str(out), "--workers", workers,
+                     "--pictures", pictures])
         batch = json.loads((out / "batch.json").read_text())
         assert code == batch["exit_status"] and batch["complete"]
         assert batch["workers"] == int(workers)
-        runs[workers] = (batch["counts"], transforms_of(out),
-                         sorted(path.name for path in out.rglob("*")))
-    (counts1, found1, files1), (counts2, found2, files2) = runs["1"], runs["2"]
-    assert counts1 == counts2 and files1 == files2 and sorted(found1) == sorted(IDS)
+        runs[workers, pictures] = (batch["counts"], transforms_of(out),
+                                   sorted(path.name for path in out.rglob("*")))
+    (counts1, found1, files1), (counts2, found2, files2), (counts3, found3, files3) = (
+        runs.values())
+    assert counts1 == counts2 == counts3 and files1 == files2 and sorted(found1) == sorted(IDS)
+    assert "warped.png" in files1 and "overlay.png" in files1
+    assert files3 == [name for name in files1 if not name.endswith(".png")]
     for pair_id, (status, array) in found1.items():
-        assert found2[pair_id][0] == status
-        np.testing.assert_allclose(found2[pair_id][1], array, rtol=0, atol=1e-9)
+        for found in (found2, found3):
+            assert found[pair_id][0] == status
+            np.testing.assert_allclose(found[pair_id][1], array, rtol=0, atol=1e-9)
     assert "batch: 4 of 4 rows done" in capsys.readouterr().out
 
 

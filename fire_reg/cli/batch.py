@@ -17,7 +17,8 @@ The batch contract (README, "Batches and output folders"):
   pair becomes that row's ``error`` with its reason; the other rows go on. Only an output
   folder that can take no more files (disk full, read-only: OutputError) stops the batch.
 * ``OUT/<id>/`` holds a pair's result set, committed as one (``transform.json`` marks a
-  complete set); a pair with status ``failed`` gets no ``warped.png``.
+  complete set) with the pictures ``--pictures`` asks for (the settings include them); a pair
+  with status ``failed`` gets no ``warped.png``.
 * ``OUT/batch.json`` (per row: id, fixed, moving, outcome, status or error, reason; the counts
   of ok / suspect / failed / error / not run; the settings and their fingerprint; the
   workers) and ``OUT/failures.csv`` (id, outcome, reason of every failed or error row) are
@@ -165,7 +166,8 @@ def register_batch(args, make_registrar) -> int:
         pool = _starting_pool(args, len(pairs))  # its workers start while the model loads
         try:
             registrar = make_registrar(args) if pairs else None
-            settings = {"method": describe(registrar)} if registrar else None
+            settings = ({"method": describe(registrar), "pictures": args.pictures}
+                        if registrar else None)
             run = {**source, "fingerprint": settings and fingerprint(settings),
                    "settings": settings}
             if args.resume and settings:
@@ -177,7 +179,8 @@ def register_batch(args, make_registrar) -> int:
                 print(f"resuming: {len(pairs) - len(todo)} of {len(pairs)} pairs finished "
                       f"earlier, {len(todo)} to run")
             # a Dask scheduler is reached before any file is written
-            pool = _pool(args, pool, Registering(registrar, run["fingerprint"]), run, todo)
+            state = Registering(registrar, run["fingerprint"], args.pictures)
+            pool = _pool(args, pool, state, run, todo)
             _write_records(out, run, rows, seconds=0.0, ran=0, stopped_by=None, status=None)
         except BaseException:
             pool.close(drop=True)
@@ -267,11 +270,14 @@ PREPARED_KEPT = 4
 @dataclass
 class Registering:
     """What registers a row, in this process or in a worker: the method, the run's settings
-    fingerprint, and the fixed images prepared so far (in each process; a fixed image that
-    several rows share is decoded, detected and mapped once there)."""
+    fingerprint, the pictures of each result set (a name of
+    :data:`~fire_reg.register.result.PICTURES`), and the fixed images prepared so far (in
+    each process; a fixed image that several rows share is decoded, detected and mapped once
+    there)."""
 
     method: object
     fingerprint: str | None
+    pictures: str = "all"
     prepared: collections.OrderedDict = field(default_factory=collections.OrderedDict,
                                               repr=False)
 
@@ -302,10 +308,10 @@ def register_row(job: Registering, item: tuple) -> dict:
         fixed = job.fixed_image(fixed, shared)  # a shared reference: prepared, decoded once
         result = job.method.register_files(fixed, moving)
         if writes:
-            write_files(folder, result, fixed, moving, fingerprint=job.fingerprint)
+            write_files(folder, result, fixed, moving, job.fingerprint, job.pictures)
             files = None
         else:
-            files = _rendered(result, fixed, moving, job.fingerprint)
+            files = _rendered(result, fixed, moving, job)
     except InputError as error:
         if isinstance(error, OutputError):
             if writes:
@@ -319,14 +325,14 @@ def register_row(job: Registering, item: tuple) -> dict:
     return {**_registered(vars(result)), **({} if files is None else {"files": files})}
 
 
-def _rendered(result, fixed, moving, run_fingerprint) -> dict[str, bytes]:
-    """A result set's files ({name: bytes}) as :func:`write_files` makes them, made in a
-    temporary folder of the worker."""
+def _rendered(result, fixed, moving, job: Registering) -> dict[str, bytes]:
+    """A result set's files ({name: bytes}) as :func:`write_files` makes them for ``job``,
+    made in a temporary folder of the worker."""
     from fire_reg.register.result import write_files
 
     with tempfile.TemporaryDirectory(prefix="fire-reg-pair-") as scratch:
         folder = Path(scratch) / "pair"
-        write_files(folder, result, fixed, moving, fingerprint=run_fingerprint)
+        write_files(folder, result, fixed, moving, job.fingerprint, job.pictures)
         return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
 
 

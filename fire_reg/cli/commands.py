@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     register.add_argument("--resume", action="store_true",
                           help="with --batch or a series: keep the pairs an interrupted run with "
                                "the same settings and model finished, run the rest")
+    register.add_argument("--pictures", choices=_pictures(), default="all",
+                          help="pictures of each pair beside its transform files: all "
+                               "(warped.png and overlay.png), overlay (overlay.png only), none "
+                               "(quickest for a cohort: no picture is drawn or decoded)")
     _registrar_options(register)
     _pool_options(register)
 
@@ -130,6 +134,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="output folder")
     demo.add_argument("--model", help="a .keras model (default: the shipped weights)")
     return parser
+
+
+def _pictures() -> tuple[str, ...]:
+    from fire_reg.register.result import PICTURES
+
+    return tuple(PICTURES)
 
 
 def _registrar_flags() -> ConfigFlags:
@@ -222,7 +232,7 @@ def cmd_register(args) -> int:
             image_size(path)
         registrar = _registrar(args)
         result = registrar.register_files(args.fixed, moving)
-        write_files(args.out, result, args.fixed, moving)
+        write_files(args.out, result, args.fixed, moving, pictures=args.pictures)
         written = [name for name in OUTPUTS if (Path(args.out) / name).is_file()]
         print(f"{result.status}: {result.reason}; {result.seconds:.2f} s; wrote {args.out}/"
               + ", ".join(written))

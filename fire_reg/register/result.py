@@ -12,7 +12,8 @@ files a result is written to.
   pixels: ``fire-reg register``, ``register --batch``, ``evaluate`` and the demo use it.
 * :func:`write_files`: ``transform.json``, ``transform.tfm`` (an affine result) or
   ``displacement.mha`` (any other model; :mod:`fire_reg.register.exports`), ``warped.png`` and
-  ``overlay.png``, committed together as one result set (a failed result: no ``warped.png``).
+  ``overlay.png`` (or fewer pictures: :data:`PICTURES`), committed together as one result set
+  (a failed result: no ``warped.png``).
   :meth:`Registration.load` reads a ``transform.json`` back.
 """
 from __future__ import annotations
@@ -193,24 +194,33 @@ def register_files(method, fixed_path, moving_path) -> Registration:
     return result.rescaled(1 / np.asarray(scales[0]), 1 / np.asarray(scales[1]), *sizes)
 
 
-def _decoded(image) -> tuple:
-    """(the full-size decode, the path) of an image file or of a prepared one's file."""
+def _decoded(image, pixels: bool = True) -> tuple:
+    """(the full-size decode, the path) of an image file or of a prepared one's file (made
+    once for all its pairs); ``pixels=False``: a file's header only."""
     if isinstance(image, PreparedImage):
         return image.decoded(), image.path
-    return decode(image), image
+    return decode(image, pixels=pixels), image
 
 
 OUTPUTS = ("transform.json", exports.TFM_NAME, exports.FIELD_NAME, "warped.png", "overlay.png")
 """Every file a result set can have; ``transform.json``, moved in last, marks a complete one."""
 
+PICTURES = {"all": ("warped.png", "overlay.png"), "overlay": ("overlay.png",), "none": ()}
+"""The pictures a result set gets, by the name ``register --pictures`` takes: ``all`` (the
+default), ``overlay`` (the check at a glance, without the full-size ``warped.png``), ``none``
+(the transform's files only: a cohort that needs only the transforms, several times quicker
+to write on full-size photographs, README "Cohorts")."""
+
 
 def write_files(out_dir, result: Registration, fixed_path, moving_path,
-                fingerprint: str | None = None) -> None:
+                fingerprint: str | None = None, pictures: str = "all") -> None:
     """Write ``transform.json`` (with ``pixel_spacing_mm`` (x, y) of both images where their
     files record it, else null, and ``exports``), ``transform.tfm`` for an affine result or
-    ``displacement.mha`` for any other (ITK; :func:`exports.write_exports`), ``warped.png``
-    (the moving image in the fixed frame, full size, with its channels and bit depth: 16-bit
-    stays 16-bit) and ``overlay.png`` (before/after panels) to ``out_dir``.
+    ``displacement.mha`` for any other (ITK; :func:`exports.write_exports`), and the pictures
+    ``pictures`` names (:data:`PICTURES`): ``warped.png`` (the moving image in the fixed frame,
+    full size, with its channels and bit depth: 16-bit stays 16-bit) and ``overlay.png``
+    (before/after panels) to ``out_dir``. Without pictures, image files are read for their
+    headers only.
 
     The set is committed as one (:func:`fire_reg.io.output.atomic_folder`): written into a
     hidden folder, then renamed into place (into an existing folder: moved in file by file,
@@ -222,7 +232,11 @@ def write_files(out_dir, result: Registration, fixed_path, moving_path,
     :class:`~fire_reg.register.maps.PreparedImage` read from its file (``prepare_file``): its
     full-size decode is made once and reused by every pair it is part of.
     """
-    (fixed, fixed_path), (moving, moving_path) = map(_decoded, (fixed_path, moving_path))
+    if pictures not in PICTURES:
+        raise ValueError(f"pictures must be one of {', '.join(PICTURES)}, got {pictures!r}")
+    drawn = PICTURES[pictures]
+    (fixed, fixed_path), (moving, moving_path) = (_decoded(image, pixels=bool(drawn))
+                                                  for image in (fixed_path, moving_path))
     record = result.to_json()
     record.update(fixed=str(fixed_path), moving=str(moving_path),
                   pixel_spacing_mm={"fixed": fixed.pixel_spacing_mm,
@@ -230,13 +244,14 @@ def write_files(out_dir, result: Registration, fixed_path, moving_path,
     if fingerprint is not None:
         record["fingerprint"] = fingerprint
     with atomic_folder(out_dir, owned=OUTPUTS, last="transform.json") as folder:
-        if result.status != "failed":
+        if "warped.png" in drawn and result.status != "failed":
             write_image(folder / "warped.png",
                         result.transform.warp(moving.pixels, result.fixed_size))
-        save_overlay_panel(folder / "overlay.png", fixed.bgr8(), moving.bgr8(), result.transform,
-                           title=f"{Path(moving_path).name} -> {Path(fixed_path).name}: "
-                                 f"{result.status}",
-                           modalities=None if not result.modalities else (
-                               result.modalities["fixed"], result.modalities["moving"]))
+        if "overlay.png" in drawn:
+            save_overlay_panel(
+                folder / "overlay.png", fixed.bgr8(), moving.bgr8(), result.transform,
+                title=f"{Path(moving_path).name} -> {Path(fixed_path).name}: {result.status}",
+                modalities=None if not result.modalities else (
+                    result.modalities["fixed"], result.modalities["moving"]))
         record["exports"] = exports.write_exports(folder, result.transform, result.fixed_size)
         write_json(folder / "transform.json", record)
