@@ -15,7 +15,7 @@ from fire_reg import geometry
 from fire_reg.data import embedded, statistics
 from fire_reg.data.affine import render_affine
 from fire_reg.data.ground_truth import dense_map, exact_map, interpolate
-from fire_reg.data.nonrigid import displacement_field, undeform
+from fire_reg.data.nonrigid import displacement_field, field_at, undeform
 from fire_reg.data.sources import Source, load_source, lookup, shrink
 from fire_reg.data.sphere import EYE, render_sphere, sample_sphere, sphere_map
 from fire_reg.data.statistics import (FIRE_DOCUMENTED, FIRE_GROUND_TRUTH_ENV, STATISTIC_KEYS,
@@ -522,3 +522,16 @@ def test_refuses_to_mix_geometries(tmp_path):
     embedded.make_embedded_set(tmp_path / "a", geometry="affine", **settings)
     with pytest.raises(InputError, match="geometry 'affine'"):
         embedded.make_embedded_set(tmp_path / "a", **settings)
+
+
+def test_undeform_takes_the_nodes_of_a_fire_size_frame():
+    """More points than a cv2.remap map side holds (32767; a 2912 px frame's nodes) once
+    failed (`data embedded --size 2912`): each point is solved as if it were alone."""
+    rng = np.random.default_rng(1)
+    field, _ = displacement_field(rng, (2912, 2912), 30.0)
+    points = rng.uniform(0, 2911, (40_000, 2))
+    solved = undeform(points, field)
+    alone = np.concatenate([undeform(part, field) for part in np.array_split(points, 40)])
+    np.testing.assert_array_equal(solved, alone)
+    assert np.abs(solved + field_at(field, solved) - points).max() < 0.01
+    assert np.linalg.norm(solved - points, axis=1).max() > 10.0  # the field moves them

@@ -36,12 +36,29 @@ def field_from_grid(coarse, shape, amplitude) -> np.ndarray:
     return cv2.resize(field, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
+POINTS_PER_ROW = 4096
+"""Points in each row of the maps :func:`field_at` gives ``cv2.remap`` (which refuses a map
+side of 32767 or more: the nodes of a frame of FIRE's size outnumber that)."""
+
+
+def field_at(field, points) -> np.ndarray:
+    """``field`` (H, W, 2) at (N, 2) points (x, y) in px: bilinear, edges replicated; (N, 2)
+    float32."""
+    points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+    count = len(points)
+    width = min(max(count, 1), POINTS_PER_ROW)
+    rows = -(-count // width) or 1
+    maps = np.zeros((rows * width, 2), np.float32)
+    maps[:count] = points
+    values = cv2.remap(field, maps.reshape(rows, width, 2), None, cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)
+    return values.reshape(-1, 2)[:count]
+
+
 def undeform(points, field, iterations: int = 12) -> np.ndarray:
     """Positions q with ``q + field(q) = u`` for (N, 2) points u (fixed-point iteration)."""
     points = np.asarray(points, dtype=np.float64)
     q = points.copy()
     for _ in range(iterations):
-        shift = cv2.remap(field, q[None, :, 0].astype(np.float32), q[None, :, 1].astype(np.float32),
-                          cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[0]
-        q = points - shift
+        q = points - field_at(field, q)
     return q
