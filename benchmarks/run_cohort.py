@@ -2,8 +2,8 @@
 measured side by side in one run on this machine:
 
     .venv/bin/python benchmarks/run_cohort.py --out out/cohort [--pairs 40] [--rows 500] \
-        [--transform quadratic] [--workers 1,2] [--repeats 2] \
-        [--parts throughput,one_reference,memory]
+        [--transform quadratic] [--workers 1,2] [--repeats 2] [--fire-size-pairs 16] \
+        [--parts throughput,one_reference,memory,pictures]
 
 Every registration uses ``--transform`` (default quadratic: the figures are about the batch
 around the registration, not about the fine stage's richest model).
@@ -29,6 +29,10 @@ around the registration, not about the fine stage's richest model).
    ``rows / 50`` times under distinct ids) on the default workers, with the resident memory
    (RSS) of the command and of each worker process sampled every 0.5 s (the largest in each
    third of the run, once 20 pairs are done).
+4. Pictures at FIRE's size: a batch of ``--fire-size-pairs`` pairs of a 2912 px embedded set
+   (8 pairs, listed again as in part 1) with each ``--pictures`` choice, ``--workers 1``,
+   ``--repeats`` times, alternating: pairs per second, the whole command's seconds and the
+   megabytes a pair's folder holds.
 
 The load average of the machine is printed before and after each measurement (other work
 on a shared machine slows every figure). Prints a JSON record and a Markdown summary.
@@ -50,7 +54,7 @@ import psutil
 
 FIRE_REG = [sys.executable, "-m", "fire_reg.cli"]
 SETTINGS: list[str] = []  # --transform, for every registration
-PARTS = ("throughput", "one_reference", "memory")  # the measurements, in the order they run
+PARTS = ("throughput", "one_reference", "memory", "pictures")  # measurements, in their order
 
 
 def load() -> str:
@@ -232,6 +236,27 @@ def memory(work: Path, source: Path, rows: int) -> dict:
             "load_after": load()}
 
 
+def pictures(work: Path, source: Path, pairs: int, repeats: int) -> dict:
+    """Part 4 (module doc)."""
+    from fire_reg.register.result import PICTURES
+
+    csv = distinct_pairs(work / "pictures.csv", source, pairs)
+    figures = {choice: [] for choice in PICTURES}
+    for repeat in range(repeats):
+        for choice in PICTURES:
+            out = work / f"pictures_{choice}_{repeat}"
+            wall, _ = run("register", "--batch", csv, "--out", out, "--workers", 1,
+                          "--pictures", choice)
+            batch = json.loads((out / "batch.json").read_text())
+            written = sum(path.stat().st_size for path in out.glob("[!.]*/*"))
+            figures[choice].append({"wall_s": wall, "pairs_per_s": batch["pairs_per_second"],
+                                    "mb_per_pair": written / pairs / 1e6, "load_after": load()})
+    summary = {choice: {key: statistics.mean(f[key] for f in runs)
+                        for key in ("pairs_per_s", "wall_s", "mb_per_pair")}
+               for choice, runs in figures.items()}
+    return {"pairs": pairs, "runs": figures, "mean": summary}
+
+
 def markdown(figures: dict) -> str:
     """The summary table of the parts that ran."""
     lines = [
@@ -270,6 +295,15 @@ def markdown(figures: dict) -> str:
             + " / ".join(f"{v:.0f}" for v in m["parent_mb"]) + " MB |",
             "| same, RSS of the largest worker | "
             + " / ".join(f"{v:.0f}" for v in m["worker_mb"]) + " MB |"]
+    if "pictures" in figures:
+        p = figures["pictures"]
+        every = p["mean"]["all"]["pairs_per_s"]
+        for choice, mean in p["mean"].items():
+            lines.append(
+                f"| `register --batch`, {p['pairs']} pairs (2912 px), `--workers 1 --pictures "
+                f"{choice}` | {mean['pairs_per_s']:.2f} pairs/s "
+                f"({mean['pairs_per_s'] / every:.2f}x `all`; whole command {mean['wall_s']:.1f} s;"
+                f" {mean['mb_per_pair']:.2f} MB a pair) |")
     return "\n".join(lines)
 
 
@@ -282,7 +316,10 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2",
                         help="worker counts of the throughput part, comma-separated; the "
                              "speed-ups are against the first")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each worker count")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="runs of each worker count and of each --pictures choice")
+    parser.add_argument("--fire-size-pairs", type=int, default=16,
+                        help="pairs of the batch at FIRE's size (pictures)")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"what to measure, comma-separated, of {', '.join(PARTS)}")
     args = parser.parse_args()
@@ -306,6 +343,11 @@ def main() -> None:
         small = embedded(work / "set512", "--per-image", "S25,P15,A10", "--seed", "2",
                          "--size", "512")
         figures["memory"] = memory(work, small, args.rows)
+    if "pictures" in parts:
+        fire_size = embedded(work / "set2912", "--per-image", "S4,P2,A2", "--seed", "3",
+                             "--size", "2912")
+        figures["pictures"] = pictures(work / "pictures", fire_size, args.fire_size_pairs,
+                                       args.repeats)
     (work / "cohort.json").write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures, indent=2))
     print(markdown(figures))
