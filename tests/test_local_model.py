@@ -159,6 +159,13 @@ def test_jacobian_dense_map_and_rescaling_agree_with_the_map():
                                            [np.sin(0.2), np.cos(0.2)]]), (256, 256))
     np.testing.assert_allclose(rotated(geometry.apply(turn, points)), fitted(points), atol=1e-9)
     assert rotated.inverse_error(geometry.apply(turn, points)) < 1e-6
+    xs, ys = np.array([-3.0, 0.0, 7.5, 260.25, 511.0, 530.0]), np.array([2.0, 99.5, 400.0])
+    nodes = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
+    oblong = Local.fit(fixed, moving, extent=(512, 300))  # other knot spacings along x and y
+    for model in (fitted, oblong, rotated):  # separable; knots turned against the px axes
+        assert model.field.separable() == (model is not rotated)
+        np.testing.assert_allclose(model.on_grid(xs, ys).reshape(-1, 2), model(nodes),
+                                   rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("seed", range(12))

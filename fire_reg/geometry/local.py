@@ -153,23 +153,40 @@ class Grid:
                 jac[block] = np.stack([du, dv], axis=2) @ self.knots[:, :2]
         return (out, jac) if slopes else out
 
+    def separable(self) -> bool:
+        """Whether the knot axes are the pixel axes (a fit's and any rescaled one's): then the
+        field on a grid of points is two matrix products (:meth:`on_axes`, :meth:`dense`)."""
+        return not (self.knots[0, 1] or self.knots[1, 0])
+
+    def _axis_weights(self, positions, axis: int) -> np.ndarray:
+        """(len(positions), knots along ``axis``) B-spline weights of px ``positions`` along
+        pixel axis ``axis`` (0: x, 1: y) of a :meth:`separable` grid."""
+        points = np.zeros((len(positions), 2))
+        points[:, axis] = positions
+        first, weights, _ = self._stencil(points)[axis]
+        matrix = np.zeros((len(positions), self.grid.shape[2 - axis]))
+        matrix[np.arange(len(positions))[:, None], first[:, None] + np.arange(4)] = weights
+        return matrix
+
+    def on_axes(self, xs, ys) -> np.ndarray | None:
+        """(len(ys), len(xs), 2) displacements (float64 px) at the points (x, y) of every x
+        of ``xs`` and y of ``ys`` (px), what :meth:`values` gives there, when the grid is
+        :meth:`separable`; None otherwise."""
+        if not self.separable():
+            return None
+        across, down = self._axis_weights(xs, 0), self._axis_weights(ys, 1)
+        return np.stack([down @ component @ across.T for component in self.grid], axis=-1)
+
     def dense(self, size) -> tuple[np.ndarray, np.ndarray] | None:
         """(dx, dy) float32 (H, W) at every pixel of a frame of ``size`` = (W, H) when the
-        knot axes are the pixel axes (separable, fast; float32 as ``cv2.remap`` takes a map:
-        off by under 1e-4 px for displacements of tens of px); None otherwise."""
-        if self.knots[0, 1] or self.knots[1, 0]:
+        grid is :meth:`separable` (fast; float32 as ``cv2.remap`` takes a map: off by under
+        1e-4 px for displacements of tens of px); None otherwise."""
+        if not self.separable():
             return None
         width, height = (int(v) for v in size)
-        axes = []
-        for index, count in ((0, width), (1, height)):
-            points = np.zeros((count, 2))
-            points[:, index] = np.arange(count)
-            (first, weights, _) = self._stencil(points)[index]
-            matrix = np.zeros((count, self.grid.shape[2 - index]))
-            matrix[np.arange(count)[:, None], first[:, None] + np.arange(4)] = weights
-            axes.append(matrix.astype(np.float32))
-        return tuple(axes[1] @ component @ axes[0].T
-                     for component in self.grid.astype(np.float32))
+        across, down = (self._axis_weights(np.arange(count), axis).astype(np.float32)
+                        for axis, count in ((0, width), (1, height)))
+        return tuple(down @ component @ across.T for component in self.grid.astype(np.float32))
 
     def stretch_bound(self) -> float:
         """An upper bound of the spectral norm of the field's Jacobian (px per px) anywhere:
@@ -444,6 +461,14 @@ class Local(Transform):
     def fixed_to_moving(self, points) -> np.ndarray:
         points = _points(points)
         return self.base.fixed_to_moving(points) + self.field.values(points)
+
+    def on_grid(self, xs, ys) -> np.ndarray:
+        """As :meth:`Transform.on_grid`: the base's map plus the grid, separably when the grid
+        is :meth:`Grid.separable`."""
+        field = self.field.on_axes(xs, ys)
+        if field is None:
+            return super().on_grid(xs, ys)
+        return self.base.on_grid(xs, ys) + field
 
     def stored_inverse(self, points) -> np.ndarray:
         """The schema's ``moving_to_fixed`` (fitted, approximate) at (N, 2) moving px."""

@@ -192,6 +192,14 @@ class Transform(ABC):
         return [warping.warp_with_maps(image, map_x, map_y, order, border_value, shrink)
                 for image in images]
 
+    def on_grid(self, xs, ys) -> np.ndarray:
+        """(len(ys), len(xs), 2) ``fixed_to_moving`` (float64 px) of the points (x, y) of
+        every x of ``xs`` and y of ``ys`` (fixed px): a field sampled on grid nodes."""
+        xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+        grid_x, grid_y = np.meshgrid(xs, ys)
+        mapped = self.fixed_to_moving(np.stack([grid_x.ravel(), grid_y.ravel()], axis=1))
+        return mapped.reshape(len(ys), len(xs), 2)
+
     def dense_map(self, fixed_size) -> tuple[np.ndarray, np.ndarray]:
         """(map_x, map_y) float32 (H, W): ``fixed_to_moving`` of every pixel of a fixed frame
         of ``fixed_size`` = (W, H), as ``cv2.remap`` takes them."""

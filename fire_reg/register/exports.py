@@ -78,17 +78,16 @@ def displacement_field(transform: transforms.Transform, fixed_size,
 def _displacements(transform, columns, rows, last) -> np.ndarray:
     """(rows, columns, 2) displacements at the grid nodes; a node beyond the image (whose last
     pixel is ``last`` = (W - 1, H - 1)) gets the first-order extension of the transform from
-    the nearest image point."""
-    xs, ys = np.meshgrid(columns, rows)
-    points = np.stack([xs.ravel(), ys.ravel()], axis=1)
-    inside = np.clip(points, 0.0, last)
-    displacements = transform.fixed_to_moving(inside) - inside
-    beyond = np.any(points != inside, axis=1)
+    the nearest image point (:meth:`Transform.on_grid` of the nodes pulled into the image)."""
+    inside_x, inside_y = np.clip(columns, 0.0, last[0]), np.clip(rows, 0.0, last[1])
+    inside = np.stack(np.meshgrid(inside_x, inside_y), axis=-1)
+    displacements = transform.on_grid(inside_x, inside_y) - inside
+    beyond = (columns != inside_x)[None, :] | (rows != inside_y)[:, None]
     if beyond.any():
-        step = (points - inside)[beyond]
+        step = (np.stack(np.meshgrid(columns, rows), axis=-1) - inside)[beyond]
         slope = transform.jacobian(inside[beyond]) - np.eye(2)
         displacements[beyond] += np.einsum("nij,nj->ni", slope, step)
-    return displacements.reshape(len(rows), len(columns), 2)
+    return displacements
 
 
 def _interpolation_error(transform, field, columns, rows, last) -> float:
