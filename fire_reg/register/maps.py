@@ -52,8 +52,8 @@ def _read_only(value, inputs=()):
 
 def side_by_side(make, fixed_job: tuple, moving_job: tuple) -> list:
     """``[make(fixed_job), make(moving_job)]``, the two side by side on the thread pool; one
-    after the other when a job's image (its first item) is a :class:`PreparedImage`, whose
-    map is already made (one map to make at most)."""
+    after the other when a job's image (its first item) is a :class:`PreparedImage`, already
+    decoded and mapped (one job with work at most)."""
     jobs = (fixed_job, moving_job)
     if any(isinstance(job[0], PreparedImage) for job in jobs):
         return list(map(make, jobs))

@@ -33,7 +33,7 @@ from fire_reg.data.fire import FIRE_WIDTH
 from fire_reg.io.errors import InputError
 from fire_reg.io.output import atomic_folder, write_json
 from fire_reg.register import exports
-from fire_reg.register.maps import PreparedImage
+from fire_reg.register.maps import PreparedImage, side_by_side
 
 STATUSES = ("ok", "suspect", "failed")
 CONVENTION = ("x right, y down, (0, 0) = centre of the top-left pixel; fixed px -> moving px; "
@@ -181,17 +181,18 @@ def register_files(method, fixed_path, moving_path) -> Registration:
     pairs). Raises InputError for an unreadable image."""
     sizes = [side.size if isinstance(side, PreparedImage) else image_size(side)
              for side in (fixed_path, moving_path)]  # both headers checked before decoding
-    images, scales = [], []
-    for side in (fixed_path, moving_path):
+
+    def decoded(job) -> tuple:
+        side = job[0]
         if isinstance(side, PreparedImage):
-            images.append(side)
-            scales.append(side.decode_scale)
-        else:
-            pixels, scale = read_for_width(side, method.decode_width)
-            images.append(pixels)
-            scales.append(scale)
-    result = method.register(*images)
-    return result.rescaled(1 / np.asarray(scales[0]), 1 / np.asarray(scales[1]), *sizes)
+            return side, side.decode_scale
+        return read_for_width(side, method.decode_width)
+
+    # the two files decoded side by side (OpenCV's decoders release the GIL)
+    (fixed, fixed_scale), (moving, moving_scale) = side_by_side(
+        decoded, (fixed_path,), (moving_path,))
+    result = method.register(fixed, moving)
+    return result.rescaled(1 / np.asarray(fixed_scale), 1 / np.asarray(moving_scale), *sizes)
 
 
 def _decoded(image, pixels: bool = True) -> tuple:
