@@ -32,7 +32,7 @@ STAGES = [(registrar.Registrar, "_pair_maps", "maps"),
           (registrar.Registrar, "_ecc_steps", "ECC"),
           (registrar, "fine_stage", "fine stage"),
           (registrar.trust, "judge", "trust"),
-          (result, "read_for_width", "decode")]
+          (result, "side_by_side", "decode")]  # register_files' decodes, side by side
 """(owner, attribute, label) of each stage timed."""
 
 
