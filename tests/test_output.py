@@ -274,6 +274,30 @@ def test_fewer_pictures_keep_the_transform_files_and_read_only_headers(
     assert not (tmp_path / "other").exists()
 
 
+@pytest.mark.parametrize("pictures", ["all", "none"])
+def test_a_prepared_reference_is_decoded_at_full_size_only_for_pictures(
+        pictures, small_fire, tiny_model_path, tmp_path, monkeypatch):
+    """A series' prepared fixed image keeps a full-size decode only where a picture needs it
+    (a cohort without pictures holds no full-size reference in memory); the same
+    transform.json either way."""
+    from fire_reg.register.maps import PreparedImage
+    from fire_reg.register.registrar import Registrar
+
+    pair = FireDataset(small_fire)["S01"]
+    result = identity_result(pair.size("fixed"))
+    prepared = Registrar(tiny_model_path).prepare_file(pair.fixed_path)
+    full_decodes = []
+    real_decoded = PreparedImage.decoded
+    monkeypatch.setattr(PreparedImage, "decoded",
+                        lambda self: full_decodes.append(self.path) or real_decoded(self))
+    write_files(tmp_path / "prepared", result, prepared, pair.moving_path, pictures=pictures)
+    write_files(tmp_path / "paths", result, pair.fixed_path, pair.moving_path,
+                pictures=pictures)
+    assert full_decodes == ([str(pair.fixed_path)] if pictures == "all" else [])
+    assert (tmp_path / "prepared" / "transform.json").read_bytes() == (
+        tmp_path / "paths" / "transform.json").read_bytes()
+
+
 def test_atomic_folder_commits_whole_or_not_at_all(tmp_path):
     with pytest.raises(RuntimeError):
         with atomic_folder(tmp_path / "set", last="b") as folder:

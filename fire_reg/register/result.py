@@ -197,9 +197,11 @@ def register_files(method, fixed_path, moving_path) -> Registration:
 
 def _decoded(image, pixels: bool = True) -> tuple:
     """(the full-size decode, the path) of an image file or of a prepared one's file (made
-    once for all its pairs); ``pixels=False``: a file's header only."""
+    once for all its pairs); ``pixels=False``: a file's header only, a prepared one's too."""
     if isinstance(image, PreparedImage):
-        return image.decoded(), image.path
+        if pixels or image.path is None:  # without a file, decoded() says why there is none
+            return image.decoded(), image.path
+        image = image.path
     return decode(image, pixels=pixels), image
 
 
